@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from citycard.cli import bench, crypto, oda, selftest, tlv
+from citycard.cli.common import EXIT_BAD_INPUT
+
+# Typer ≥ 0.29 vendors Click privately; reach its UsageError through a public subclass so this
+# works with both the vendored and the classic Click-based Typer.
+UsageError: type[Exception] = typer.BadParameter.__mro__[1]
 
 app = typer.Typer(
     name="citycard",
@@ -21,7 +28,21 @@ app.command(name="selftest")(selftest.selftest)
 
 
 def main() -> None:
-    app()
+    """Entry point: usage errors (missing option, bad choice) become one ``error:`` line and exit 2."""
+    try:
+        code = app(standalone_mode=False)
+    except UsageError as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            # ``citycard`` or ``citycard crypto`` alone: show the help, as the user asked for it.
+            print(ctx.get_help())
+            sys.exit(0)
+        print(f"error: {exc.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
+        sys.exit(EXIT_BAD_INPUT)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
