@@ -9,6 +9,10 @@ so a 16-byte key K1‖K2 is expanded here to K1‖K2‖K1 (ISO/IEC 18033-3 keyin
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from typing import Any
+
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -16,6 +20,31 @@ DES_BLOCK_BYTES = 8
 SM4_BLOCK_BYTES = 16
 _ZERO_IV_8 = bytes(8)
 _ZERO_IV_16 = bytes(16)
+
+# Creating a cipher context costs ~10 µs, more than encrypting a few blocks, and an issuer derives
+# card keys from the same few issuer master keys thousands of times a second. ECB contexts keep no
+# state between whole-block updates, so one context per (algorithm, key, direction) is reused.
+# Contexts are not thread-safe, hence one bounded LRU per thread.
+ECB_CONTEXT_CACHE_MAX = 512
+_local = threading.local()
+
+
+def _ecb_context(kind: str, key: bytes, encrypt: bool) -> Any:
+    cache: OrderedDict[tuple[str, bytes, bool], Any] | None = getattr(_local, "ecb", None)
+    if cache is None:
+        cache = _local.ecb = OrderedDict()
+    slot = (kind, key, encrypt)
+    context = cache.get(slot)
+    if context is not None:
+        cache.move_to_end(slot)
+        return context
+    algorithm = TripleDES(key) if kind == "3des" else algorithms.SM4(key)
+    cipher = Cipher(algorithm, modes.ECB())
+    context = cipher.encryptor() if encrypt else cipher.decryptor()
+    cache[slot] = context
+    if len(cache) > ECB_CONTEXT_CACHE_MAX:
+        cache.popitem(last=False)
+    return context
 
 
 def _check_blocks(data: bytes, block_bytes: int, what: str) -> None:
@@ -45,15 +74,13 @@ def _tdes(key: bytes) -> TripleDES:
 def tdes_ecb_encrypt(key: bytes, data: bytes) -> bytes:
     """3DES-EDE ECB encryption of whole 8-byte blocks."""
     _check_blocks(data, DES_BLOCK_BYTES, "3DES data")
-    enc = Cipher(_tdes(key), modes.ECB()).encryptor()
-    return enc.update(data) + enc.finalize()
+    return _ecb_context("3des", tdes_key(key), True).update(data)
 
 
 def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
     """3DES-EDE ECB decryption of whole 8-byte blocks."""
     _check_blocks(data, DES_BLOCK_BYTES, "3DES data")
-    dec = Cipher(_tdes(key), modes.ECB()).decryptor()
-    return dec.update(data) + dec.finalize()
+    return _ecb_context("3des", tdes_key(key), False).update(data)
 
 
 def tdes_cbc_encrypt(key: bytes, data: bytes, iv: bytes = _ZERO_IV_8) -> bytes:
@@ -109,15 +136,17 @@ def sm4_ecb_encrypt(key: bytes, data: bytes) -> bytes:
     '681EDF34D206965E86B3E94F536E4246'
     """
     _check_blocks(data, SM4_BLOCK_BYTES, "SM4 data")
-    enc = Cipher(_sm4_key(key), modes.ECB()).encryptor()
-    return enc.update(data) + enc.finalize()
+    if len(key) != 16:
+        raise ValueError(f"SM4 key must be 16 bytes, got {len(key)}")
+    return _ecb_context("sm4", key, True).update(data)
 
 
 def sm4_ecb_decrypt(key: bytes, data: bytes) -> bytes:
     """SM4 ECB decryption of whole 16-byte blocks."""
     _check_blocks(data, SM4_BLOCK_BYTES, "SM4 data")
-    dec = Cipher(_sm4_key(key), modes.ECB()).decryptor()
-    return dec.update(data) + dec.finalize()
+    if len(key) != 16:
+        raise ValueError(f"SM4 key must be 16 bytes, got {len(key)}")
+    return _ecb_context("sm4", key, False).update(data)
 
 
 def sm4_cbc_encrypt(key: bytes, data: bytes, iv: bytes = _ZERO_IV_16) -> bytes:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from citycard.crypto.suite import Suite
 
 _MAX_PAN_DIGITS = 19
+# byte → the same byte with its low bit set so that the byte has odd parity
+_ODD_PARITY = bytes((b & 0xFE) | (((b >> 1).bit_count() & 1) ^ 1) for b in range(256))
 
 
 def adjust_odd_parity(key: bytes) -> bytes:
@@ -18,7 +20,7 @@ def adjust_odd_parity(key: bytes) -> bytes:
     >>> adjust_odd_parity(bytes.fromhex("0000FEFF")).hex().upper()
     '0101FEFE'
     """
-    return bytes(b ^ (1 ^ (b.bit_count() & 1)) for b in key)
+    return key.translate(_ODD_PARITY)
 
 
 def option_a_input(*, tag_5a: str, tag_5f34: str) -> bytes:

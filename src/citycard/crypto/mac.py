@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from citycard.crypto.blockcipher import (
-    des_cbc_encrypt,
-    des_ecb_decrypt,
-    des_ecb_encrypt,
-    sm4_cbc_encrypt,
-)
+from citycard.crypto.blockcipher import des_cbc_encrypt, sm4_cbc_encrypt, tdes_ecb_encrypt
 
 
 def pad_method_2(data: bytes, block_bytes: int) -> bytes:
@@ -31,9 +26,13 @@ def retail_mac(key: bytes, data: bytes) -> bytes:
         raise ValueError(f"MAC algorithm 3 key must be 16 bytes, got {len(key)}")
     if not data or len(data) % 8:
         raise ValueError(f"MAC algorithm 3 data must be a non-empty multiple of 8 bytes, got {len(data)}")
-    k1, k2 = key[:8], key[8:]
-    last = des_cbc_encrypt(k1, data)[-8:]
-    return des_ecb_encrypt(k1, des_ecb_decrypt(k2, last))
+    # DES⁻¹(K2) then DES(K1) after a DES(K1) step is 3DES-EDE with K1‖K2‖K1, so the last block is
+    # one 3DES encryption of (CBC chaining value ⊕ last block): two cipher calls instead of four.
+    last = data[-8:]
+    if len(data) > 8:
+        chaining = des_cbc_encrypt(key[:8], data[:-8])[-8:]
+        last = (int.from_bytes(chaining, "big") ^ int.from_bytes(last, "big")).to_bytes(8, "big")
+    return tdes_ecb_encrypt(key, last)
 
 
 def sm4_cbc_mac(key: bytes, data: bytes) -> bytes:

@@ -106,10 +106,21 @@ def decipher_script_data(enc_session_key: bytes, data: bytes, *, suite: Suite, c
     return stripped[:-1]
 
 
-def _pin_field(pin: str, *, filler: str) -> bytes:
+def _check_pin(pin: str) -> None:
     if not pin.isdigit() or not 4 <= len(pin) <= 12:
         raise ValueError(f"PIN must be 4 to 12 digits, got {len(pin)} characters")
-    return bytes.fromhex((f"{len(pin):02X}" + pin).ljust(16, filler) if filler == "F" else pin.ljust(16, "0"))
+
+
+def _new_pin_field(pin: str) -> int:
+    """0N ‖ PIN ‖ F… (8 bytes), N the number of PIN digits."""
+    _check_pin(pin)
+    return int((f"{len(pin):02X}" + pin).ljust(16, "F"), 16)
+
+
+def _current_pin_field(pin: str) -> int:
+    """PIN ‖ 0… (8 bytes), the current PIN as XORed into a PIN change with the current PIN."""
+    _check_pin(pin)
+    return int(pin.ljust(16, "0"), 16)
 
 
 def pin_change_block(*, new_pin: str, card_ac_key: bytes, current_pin: str | None = None) -> bytes:
@@ -125,9 +136,9 @@ def pin_change_block(*, new_pin: str, card_ac_key: bytes, current_pin: str | Non
     if len(card_ac_key) != 16:
         raise ValueError(f"card AC key must be 16 bytes, got {len(card_ac_key)}")
     d1 = bytes(4) + card_ac_key[4:8]
-    block = int.from_bytes(d1, "big") ^ int.from_bytes(_pin_field(new_pin, filler="F"), "big")
+    block = int.from_bytes(d1, "big") ^ _new_pin_field(new_pin)
     if current_pin is not None:
-        block ^= int.from_bytes(_pin_field(current_pin, filler="0"), "big")
+        block ^= _current_pin_field(current_pin)
     return block.to_bytes(8, "big")
 
 
