@@ -185,7 +185,12 @@ def test_colliding_points_take_the_general_path(monkeypatch):
     # the affine path; then s·G + t·(-G) = (s - t)·G = -7·G.
     calls = []
     real_affine_add = sm2._affine_add
-    monkeypatch.setattr(sm2, "_affine_add", lambda p1, p2: calls.append(1) or real_affine_add(p1, p2))
+
+    def counting_affine_add(p1, p2):
+        calls.append((p1, p2))
+        return real_affine_add(p1, p2)
+
+    monkeypatch.setattr(sm2, "_affine_add", counting_affine_add)
     s, t = 2**200 + 5, 2**200 + 12
     r = (t - s) % N
     e = (r - ref_mul(N - 7, G)[0]) % N

@@ -158,6 +158,14 @@ def _capk_checksum(i: Inputs, s: Suite) -> str:
     return sha1(h(i["rid"]) + h(i["index"]) + h(i["modulus"]) + h(i["exponent"])).hex()
 
 
+def _oda_case(i: Inputs, s: Suite) -> str:
+    from citycard.cli.oda import Case, check_case
+
+    out = check_case(Case.model_validate(i))
+    names = ("issuer_certificate", "icc_certificate", "sda", "dda", "cda")
+    return " ".join(f"{name.split('_')[0]}={out[name]}" for name in names)
+
+
 RUNNERS: dict[str, Callable[[Inputs, Suite], str]] = {
     "sm3": _sm3,
     "sm4-ecb": _sm4_ecb,
@@ -177,6 +185,7 @@ RUNNERS: dict[str, Callable[[Inputs, Suite], str]] = {
     "pin-change-block": _pin_change_block,
     "tlv": _tlv,
     "capk-checksum": _capk_checksum,
+    "oda-case": _oda_case,
 }
 
 
@@ -213,6 +222,7 @@ def run_vectors(vectors: list[dict[str, Any]]) -> list[Outcome]:
         elapsed_ms = (time.perf_counter() - started) * 1000
         expected = row["expected"]
         passed = got.upper() == expected.upper()
+        got = got if got.islower() or " " in got else got.upper()
         outcomes.append(
             Outcome(
                 row["id"],
