@@ -10,6 +10,8 @@ from __future__ import annotations
 from citycard.crypto.suite import Suite
 
 _MAX_PAN_DIGITS = 19
+_ONES_64 = (1 << 64) - 1
+_SIX_ZEROS = bytes(6)
 # byte → the same byte with its low bit set so that the byte has odd parity
 _ODD_PARITY = bytes((b & 0xFE) | (((b >> 1).bit_count() & 1) ^ 1) for b in range(256))
 
@@ -32,7 +34,7 @@ def option_a_input(*, tag_5a: str, tag_5f34: str) -> bytes:
     >>> option_a_input(tag_5a="12345678901234567", tag_5f34="01").hex().upper()
     '4567890123456701'
     """
-    pan = tag_5a.upper().rstrip("F")
+    pan = tag_5a if tag_5a.isdigit() else tag_5a.upper().rstrip("F")
     if not pan.isdigit() or not 1 <= len(pan) <= _MAX_PAN_DIGITS:
         raise ValueError(f"PAN (5A) must be 1 to {_MAX_PAN_DIGITS} digits, got {tag_5a!r}")
     if len(tag_5f34) != 2 or not tag_5f34.isdigit():
@@ -54,8 +56,8 @@ def derive_card_key(imk: bytes, *, tag_5a: str, tag_5f34: str, suite: Suite) -> 
     """
     suite.check_key(imk, "issuer master key")
     y = option_a_input(tag_5a=tag_5a, tag_5f34=tag_5f34)
-    y_inverted = bytes(b ^ 0xFF for b in y)
-    card_key = suite.ecb_encrypt(imk, y + y_inverted)
+    y_inverted = (int.from_bytes(y, "big") ^ _ONES_64).to_bytes(8, "big")
+    card_key = suite.master_ecb_encrypt(imk, y + y_inverted)
     return adjust_odd_parity(card_key) if suite.block_bytes == 8 else card_key
 
 
@@ -68,8 +70,8 @@ def session_key(card_key: bytes, *, tag_9f36: bytes, suite: Suite) -> bytes:
     suite.check_key(card_key, "card key")
     if len(tag_9f36) != 2:
         raise ValueError(f"ATC (9F36) must be 2 bytes, got {len(tag_9f36)}")
-    atc_inverted = bytes(b ^ 0xFF for b in tag_9f36)
-    blocks = bytes(6) + tag_9f36 + bytes(6) + atc_inverted
+    atc_inverted = (int.from_bytes(tag_9f36, "big") ^ 0xFFFF).to_bytes(2, "big")
+    blocks = _SIX_ZEROS + tag_9f36 + _SIX_ZEROS + atc_inverted
     key = suite.ecb_encrypt(card_key, blocks)
     return adjust_odd_parity(key) if suite.block_bytes == 8 else key
 

@@ -29,6 +29,7 @@ signing key belongs in a C library or an HSM, not here.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 from functools import lru_cache
@@ -46,7 +47,7 @@ SIGNATURE_BYTES = 64
 DIGEST_BYTES = 32
 USER_ID_BYTES_MAX = 8191  # ENTL is the ID's length in bits on 2 bytes
 KEY_TABLE_CACHE_MAX = 32  # public keys whose comb table verify(cache=True) keeps (~0.2 MB each)
-SIGNING_KEY_CACHE_MAX = 16  # private keys whose public key and (1 + d)^-1 mod n are kept
+SIGNING_KEY_CACHE_MAX = 16  # public keys of recent signers, keyed by a SHA-256 of the private key
 
 # sm2p256v1 (GB/T 32918.5-2017): y² = x³ + ax + b over F_p, a = p - 3; G has prime order n, cofactor 1.
 _P = mpz(0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF)
@@ -387,12 +388,25 @@ def _private_scalar(private_key: bytes) -> int:
     return d
 
 
-@lru_cache(maxsize=SIGNING_KEY_CACHE_MAX)
+# Z_A needs the signer's public key, and d·G costs more than the rest of a signature. The cache is
+# keyed by a one-way digest of d, so neither d nor (1 + d)^-1 (which reveals d) stays in this module.
+_signer_public_keys: dict[bytes, bytes] = {}
+_signer_public_keys_lock = threading.Lock()
+
+
 def _signing_key(private_key: bytes) -> tuple[int, int, bytes]:
-    """d, (1 + d)^-1 mod n and the 64-byte public key, kept for keys that sign again."""
+    """d, (1 + d)^-1 mod n and the 64-byte public key."""
     d = _private_scalar(private_key)
-    x, y = _base_mul(d)
-    return d, pow(1 + d, -1, _N), x.to_bytes(32, "big") + y.to_bytes(32, "big")
+    digest = hashlib.sha256(private_key).digest()
+    public = _signer_public_keys.get(digest)
+    if public is None:
+        x, y = _base_mul(d)
+        public = x.to_bytes(32, "big") + y.to_bytes(32, "big")
+        with _signer_public_keys_lock:
+            if len(_signer_public_keys) >= SIGNING_KEY_CACHE_MAX:
+                _signer_public_keys.pop(next(iter(_signer_public_keys)))
+            _signer_public_keys[digest] = public
+    return d, int(gmpy2.invert(1 + d, _N)), public
 
 
 @lru_cache(maxsize=KEY_TABLE_CACHE_MAX)
@@ -442,11 +456,15 @@ def sign_digest(private_key: bytes, e: bytes, *, k: int | None = None) -> bytes:
     ``k`` is for test vectors only; without it k is drawn from ``secrets`` and drawn again when r = 0,
     r + k = n or s = 0, as A5 and A6 require. A given k that hits one of those raises SM2Error.
     """
+    d, inverse_1_plus_d, _ = _signing_key(bytes(private_key))
+    return _sign_e(d, inverse_1_plus_d, e, k)
+
+
+def _sign_e(d: int, inverse_1_plus_d: int, e: bytes, k: int | None) -> bytes:
     if len(e) != DIGEST_BYTES:
         raise SM2Error(f"SM2 digest e must be {DIGEST_BYTES} bytes, got {len(e)}")
     if k is not None and not 1 <= k < _N:
         raise SM2Error("SM2 k must be in [1, n-1]")
-    d, inverse_1_plus_d, _ = _signing_key(bytes(private_key))
     e_int = int.from_bytes(e, "big")
     while True:
         k_int = k if k is not None else secrets.randbelow(_N - 1) + 1  # A3
@@ -473,8 +491,8 @@ def sign(
     >>> sig[32:].hex().upper()
     'B1B6AA29DF212FD8763182BC0D421CA1BB9038FD1F7F42D4840B69C485BBC1AA'
     """
-    _, _, encoded = _signing_key(bytes(private_key))
-    return sign_digest(private_key, sm3(_z_a_checked(encoded, user_id) + message), k=k)
+    d, inverse_1_plus_d, encoded = _signing_key(bytes(private_key))
+    return _sign_e(d, inverse_1_plus_d, sm3(_z_a_checked(encoded, user_id) + message), k)
 
 
 def _verify_e(x: mpz, y: mpz, e: bytes, signature: bytes, key_rows: list[list] | None) -> bool:

@@ -23,6 +23,7 @@ class Suite:
     tag_df69: int  # SM algorithm support indicator value selecting this suite
     iad_algorithm_id: int  # byte 8 of the PBOC IAD (pboc-notes §2.4: 01 3DES, 04 SM4)
     ecb_encrypt: Callable[[bytes, bytes], bytes]
+    master_ecb_encrypt: Callable[[bytes, bytes], bytes]  # same, for long-lived keys (context reused)
     ecb_decrypt: Callable[[bytes, bytes], bytes]
     cbc_encrypt: Callable[..., bytes]
     cbc_decrypt: Callable[..., bytes]
@@ -47,6 +48,7 @@ INTL = Suite(
     tag_df69=0x00,
     iad_algorithm_id=0x01,
     ecb_encrypt=blockcipher.tdes_ecb_encrypt,
+    master_ecb_encrypt=blockcipher.tdes_master_ecb_encrypt,
     ecb_decrypt=blockcipher.tdes_ecb_decrypt,
     cbc_encrypt=blockcipher.tdes_cbc_encrypt,
     cbc_decrypt=blockcipher.tdes_cbc_decrypt,
@@ -63,6 +65,7 @@ GM = Suite(
     tag_df69=0x01,
     iad_algorithm_id=0x04,
     ecb_encrypt=blockcipher.sm4_ecb_encrypt,
+    master_ecb_encrypt=blockcipher.sm4_master_ecb_encrypt,
     ecb_decrypt=blockcipher.sm4_ecb_decrypt,
     cbc_encrypt=blockcipher.sm4_cbc_encrypt,
     cbc_decrypt=blockcipher.sm4_cbc_decrypt,
