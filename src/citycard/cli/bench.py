@@ -22,10 +22,10 @@ from citycard.crypto import GM, INTL, Suite
 app = typer.Typer(help="Speed scenarios; medians, JSON with --json.", no_args_is_help=True)
 
 ARQC_BATCH = 1_000  # verifications per timed round, each for a different card
-ARQC_ROUNDS = 15  # short rounds, many of them: this VM's speed shifts every second or so
-SM2_VERIFY_RUNS = 300
-SM2_SIGN_RUNS = 500
-RSA_RECOVER_RUNS = 300
+ARQC_ROUNDS = 31  # short rounds, many of them: this VM's speed shifts every second or so
+SM2_VERIFY_RUNS = 1_000
+SM2_SIGN_RUNS = 1_000
+RSA_RECOVER_RUNS = 1_000
 _IMK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
 
 

@@ -7,6 +7,7 @@ only maps an algorithm name to the library call that must reproduce the expected
 from __future__ import annotations
 
 import json
+import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -222,7 +223,8 @@ def run_vectors(vectors: list[dict[str, Any]]) -> list[Outcome]:
         elapsed_ms = (time.perf_counter() - started) * 1000
         expected = row["expected"]
         passed = got.upper() == expected.upper()
-        got = got if got.islower() or " " in got else got.upper()
+        if all(c in string.hexdigits for c in got):
+            got = got.upper()  # hex results are shown upper case, like every citycard command
         outcomes.append(
             Outcome(
                 row["id"],
@@ -230,7 +232,7 @@ def run_vectors(vectors: list[dict[str, Any]]) -> list[Outcome]:
                 row["suite"],
                 row["source"],
                 expected,
-                got.upper(),
+                got,
                 passed,
                 elapsed_ms,
             )
@@ -266,7 +268,7 @@ def selftest(
         table = Table(title="citycard selftest — public vectors", show_lines=False)
         table.add_column("vector", no_wrap=True, min_width=18)
         table.add_column("suite", no_wrap=True, min_width=5)
-        table.add_column("result", no_wrap=True, max_width=34)
+        table.add_column("result", no_wrap=True, min_width=6, max_width=34)
         table.add_column("ms", justify="right", no_wrap=True, min_width=7)
         table.add_column("source", no_wrap=True, overflow="ellipsis")
         for o in outcomes:
