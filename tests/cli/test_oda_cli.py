@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -268,3 +270,62 @@ def test_help_shows_an_example():
     assert result.exit_code == 0
     assert "citycard oda example --suite gm > case.json" in result.stdout
     assert "citycard oda check case.json" in result.stdout
+
+
+@pytest.mark.parametrize("suite", [INTL, GM])
+def test_capk_named_by_rid_and_index_is_looked_up_in_the_table(tmp_path, monkeypatch, suite):
+    from citycard.crypto import capk as capk_module
+
+    case = example_case(suite)
+    named = case["capk"]
+    real = capk_module.Capk(
+        rid=bytes.fromhex(named["rid"]),
+        index=int(named["index"], 16),
+        suite=suite,
+        key=bytes.fromhex(named.get("sm2_public_key") or named["modulus"]),
+        exponent=bytes.fromhex(named.get("exponent", "")),
+    )
+    table = {**capk_module.scheme_test_capks(), (real.rid, real.index): real}
+    monkeypatch.setattr(capk_module, "scheme_test_capks", lambda: table)
+    case["capk"] = {"rid": named["rid"], "index": named["index"]}
+    out = json.loads(run_check(tmp_path, case).stdout)
+    assert (out["issuer_certificate"], out["icc_certificate"], out["cda"]) == ("valid", "valid", "valid")
+    assert out["suite"] == suite.name
+
+
+def test_shipped_capk_that_did_not_sign_the_certificate_is_exit_2(tmp_path):
+    # the emv-tools chain was signed by Mastercard's live 1408-bit key 05, the table holds the
+    # 1024-bit *test* key 05: the lookup works and the size mismatch is reported
+    dda = json.loads(REAL.read_text())["dda"]
+    result = run_check(tmp_path, {"capk": {"rid": "A000000004", "index": "05"}, "tags": {"90": dda["90"]}})
+    assert result.exit_code == 2
+    assert "CAPK A000000004/05 (RSA) cannot process tags.90" in result.stderr
+
+
+def test_unknown_capk_is_exit_2_with_the_known_indexes(tmp_path):
+    dda = json.loads(REAL.read_text())["dda"]
+    case = {"capk": {"rid": "A000000004", "index": "06"}, "tags": {"90": dda["90"]}}
+    path = tmp_path / "case.json"
+    path.write_text(json.dumps(case))
+    proc = subprocess.run(
+        [sys.executable, "-m", "citycard.cli.main", "oda", "check", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "unknown CAPK A000000004/06" in lines[0]
+    assert "05" in lines[0]
+    unknown_rid = {"capk": {"rid": "A000000333", "index": "0B"}, "tags": {"90": dda["90"]}}
+    path.write_text(json.dumps(unknown_rid))
+    proc = subprocess.run(
+        [sys.executable, "-m", "citycard.cli.main", "oda", "check", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "no key for RID A000000333" in proc.stderr

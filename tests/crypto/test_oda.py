@@ -734,3 +734,17 @@ def test_generated_test_ca_matches_its_private_key():
     assert gm.capk.key == sm2.public_key(gm.private_key)
     assert gm.capk.index == 0xE1 and gm.capk.exponent == b""
     assert gm.capk.checksum == INTL.hash(h("A000000333") + b"\xe1" + gm.capk.key)  # SHA-1 over RID‖index‖x‖y
+
+
+def test_shipped_scheme_test_capks_load_with_verified_checksums():
+    from citycard.crypto.capk import CapkError, find_capk, scheme_test_capks
+
+    table = scheme_test_capks()
+    assert len(table) == 24
+    mastercard_05 = find_capk(bytes.fromhex("A000000004"), 0x05)
+    assert mastercard_05.checksum.hex().upper() == "53D04903B496F59544A84309AF169251F2896874"
+    assert len(mastercard_05.modulus) * 8 == 1024
+    with pytest.raises(
+        CapkError, match=r"unknown CAPK A000000003/01: known indexes for this RID: 92, 94, 95"
+    ):
+        find_capk(bytes.fromhex("A000000003"), 0x01)

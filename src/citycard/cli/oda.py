@@ -20,7 +20,7 @@ from rich.table import Table
 
 from citycard.cli.common import fail, print_json, to_hex
 from citycard.crypto import GM, INTL, rsa, sm2
-from citycard.crypto.capk import Capk, CapkError, generate_test_ca
+from citycard.crypto.capk import Capk, CapkError, find_capk, generate_test_ca
 from citycard.crypto.oda import (
     ODAError,
     OdaResult,
@@ -87,8 +87,8 @@ class CapkCase(_Strict):
             raise ValueError(f"rid must be 5 bytes, got {len(self.rid)}")
         if len(self.index) != 1:
             raise ValueError(f"index must be 1 byte, got {len(self.index)}")
-        if (self.modulus is None) == (self.sm2_public_key is None):
-            raise ValueError("give either modulus + exponent (RSA) or sm2_public_key (SM2)")
+        if self.modulus is not None and self.sm2_public_key is not None:
+            raise ValueError("give either modulus + exponent (RSA) or sm2_public_key (SM2), not both")
         if self.modulus is not None and self.exponent is None:
             raise ValueError("an RSA CAPK needs its exponent")
         if self.sm2_public_key is not None and self.exponent is not None:
@@ -192,17 +192,21 @@ def _pan(case: Case, warnings: list[str]) -> bytes | None:
 
 def check_case(case: Case) -> dict[str, Any]:
     """Run every check the case has data for; exit 2 when the CA key cannot process tag 90."""
-    suite = GM if case.capk.sm2_public_key is not None else INTL
     try:
-        capk = Capk(
-            rid=case.capk.rid,
-            index=case.capk.index[0],
-            suite=suite,
-            key=case.capk.sm2_public_key or case.capk.modulus or b"",
-            exponent=case.capk.exponent or b"",
-        )
+        if case.capk.modulus is None and case.capk.sm2_public_key is None:
+            # named by RID and index only: one of the shipped scheme test keys
+            capk = find_capk(case.capk.rid, case.capk.index[0])
+        else:
+            capk = Capk(
+                rid=case.capk.rid,
+                index=case.capk.index[0],
+                suite=GM if case.capk.sm2_public_key is not None else INTL,
+                key=case.capk.sm2_public_key or case.capk.modulus or b"",
+                exponent=case.capk.exponent or b"",
+            )
     except CapkError as exc:
         fail(f"capk: {exc}")
+    suite = capk.suite
     tags, errors, warnings = case.tags, [], []
     if "90" not in tags:
         fail("tags.90 (issuer public key certificate) is required")
@@ -340,7 +344,8 @@ def check_command(
     \b
     CASE.json (hex strings; "today" optional, default today in China):
       {"capk": {"rid": "A000000333", "index": "E0", "modulus": "...", "exponent": "03"},
-               (or {"rid", "index", "sm2_public_key": "x‖y"} for SM2)
+               (or {"rid", "index", "sm2_public_key": "x‖y"} for SM2,
+                or just {"rid", "index"} for a shipped scheme test key, e.g. A000000004/05)
        "tags": {"90": "...", "92": "...", "9F32": "03", "9F46": "...", "9F47": "03",
                 "9F48": "...", "93": "...", "9F4B": "...", "5A": "..."},   (those present)
        "static_data": "records to authenticate ‖ AIP when 9F4A lists 82",
@@ -357,8 +362,9 @@ def check_command(
 
     \b
     Exit status: 0 when the check ran (whatever the statuses; --strict: 1 if any is invalid);
-    2 for unusable input: unreadable or malformed CASE.json, bad hex, a CA key that cannot
-    process tag 90 (wrong size or suite: the wrong CAPK).
+    2 for unusable input: unreadable or malformed CASE.json, bad hex, an unknown CAPK
+    (RID/index not in the shipped table), a CA key that cannot process tag 90 (wrong size or
+    suite: the wrong CAPK).
 
     \b
     Example:

@@ -22,12 +22,15 @@ commonly quoted but not confirmed (pboc-notes §2.2).
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from typing import NamedTuple
 
 from citycard.crypto import rsa, sm2
 from citycard.crypto.hashes import sha1
-from citycard.crypto.suite import Suite
+from citycard.crypto.suite import GM, INTL, Suite
 
 RID_BYTES = 5
 SM2_KEY_BYTES = 64
@@ -172,4 +175,60 @@ def generate_test_ca(
     return TestCa(private_key, capk)
 
 
-__all__ = ["Capk", "CapkError", "TestCa", "capk_checksum", "generate_test_ca"]
+CAPK_TABLE_MAX = 256  # a terminal holds a few dozen CA keys; more in a table file is a mistake
+
+
+@lru_cache(maxsize=1)
+def scheme_test_capks() -> dict[tuple[bytes, int], Capk]:
+    """The shipped table of scheme TEST CA public keys (``citycard/data/capk_test_keys.json``).
+
+    Each record's checksum is verified as it loads, so a corrupted table fails loudly here.
+    """
+    text = resources.files("citycard.data").joinpath("capk_test_keys.json").read_text(encoding="utf-8")
+    records = json.loads(text)["capks"]
+    if len(records) > CAPK_TABLE_MAX:
+        raise CapkError(f"CAPK table has {len(records)} keys, at most {CAPK_TABLE_MAX}")
+    table: dict[tuple[bytes, int], Capk] = {}
+    for record in records:
+        rid, index = bytes.fromhex(record["rid"]), int(record["index"], 16)
+        if record["algorithm"] == "sm2":
+            suite, key, exponent = GM, bytes.fromhex(record["public_key"]), b""
+        else:
+            suite, key, exponent = INTL, bytes.fromhex(record["modulus"]), bytes.fromhex(record["exponent"])
+        expiry = dt.date.fromisoformat(record["expiry"]) if record.get("expiry") else None
+        table[rid, index] = Capk.from_record(
+            rid=rid,
+            index=index,
+            suite=suite,
+            key=key,
+            exponent=exponent,
+            checksum=bytes.fromhex(record["checksum"]),
+            expiry=expiry,
+        )
+    return table
+
+
+def find_capk(rid: bytes, index: int, table: dict[tuple[bytes, int], Capk] | None = None) -> Capk:
+    """The CA public key for RID (9F06) and index (8F/9F22); CapkError names what is known instead."""
+    known = scheme_test_capks() if table is None else table
+    capk = known.get((rid, index))
+    if capk is None:
+        indexes = sorted(i for r, i in known if r == rid)
+        hint = (
+            f"known indexes for this RID: {', '.join(f'{i:02X}' for i in indexes)}"
+            if indexes
+            else f"no key for RID {rid.hex().upper()} in the table"
+        )
+        raise CapkError(f"unknown CAPK {rid.hex().upper()}/{index:02X}: {hint}")
+    return capk
+
+
+__all__ = [
+    "Capk",
+    "CapkError",
+    "TestCa",
+    "capk_checksum",
+    "find_capk",
+    "generate_test_ca",
+    "scheme_test_capks",
+]
