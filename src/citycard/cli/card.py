@@ -11,3 +11,6 @@ app = typer.Typer(
     help="Virtual PBOC 3.0 cards: new (personalise from a profile), info, apdu, serve (to pcscd).",
     no_args_is_help=True,
 )
+
+# The command modules register themselves on ``app``; imported last so they can import ``app``.
+from citycard.cli import card_inspect, card_new, card_serve  # noqa: E402, F401

@@ -1,0 +1,3 @@
+"""`citycard card` commands: placeholder until its module lands."""
+
+from __future__ import annotations
