@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from citycard.cli import bench, card, crypto, oda, selftest, tlv
+from citycard.cli import bench, card, crypto, hsm, oda, selftest, tlv
 from citycard.cli.common import EXIT_BAD_INPUT
 
 # Typer ≥ 0.29 vendors Click privately; reach its UsageError through a public subclass so this
@@ -24,6 +24,7 @@ app.add_typer(tlv.app, name="tlv")
 app.add_typer(crypto.app, name="crypto")
 app.add_typer(oda.app, name="oda")
 app.add_typer(card.app, name="card")
+app.add_typer(hsm.app, name="hsm")
 app.add_typer(bench.app, name="bench")
 app.command(name="selftest")(selftest.selftest)
 
