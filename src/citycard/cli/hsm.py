@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from citycard.cli.common import fail, guarded, parse_hex, print_json, to_hex
 from citycard.crypto import SUITES, Suite
 from citycard.crypto.capk import UNIONPAY_RID, Capk
 
+if TYPE_CHECKING:
+    from citycard.hsm import SoftHSM
+
 app = typer.Typer(help="The software HSM: list, generate and import keys, test CAs and CAPKs (KCVs only).")
 
 SuiteOption = Annotated[
@@ -25,7 +28,8 @@ SuiteOption = Annotated[
 ]
 
 
-def _hsm():  # noqa: ANN202 - imported lazily so `citycard --help` stays fast
+def _hsm() -> SoftHSM:
+    # imported here so that `citycard --help` does not load the HSM
     from citycard.hsm import HSMError, SoftHSM
 
     try:
