@@ -42,6 +42,8 @@ class CardContext(Protocol):
 
     def save(self) -> None: ...  # write the card image now, atomically; call before answering
 
+    def block_card(self) -> None: ...  # CARD BLOCK: every later SELECT answers 6A81
+
 
 class Application(ABC):
     """A selectable application (an ADF) on the card."""

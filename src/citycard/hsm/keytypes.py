@@ -20,7 +20,7 @@ class KeyType:
     """One key type: its kind of key material, the operations it may serve, and its fixed suite."""
 
     name: str
-    material: str  # "symmetric", "rsa" or "sm2"
+    material: str  # "symmetric" (16-byte 3DES/SM4), "aes" (32-byte AES-256), "rsa" or "sm2"
     usages: frozenset[str]
     description: str
 
@@ -47,6 +47,10 @@ KEY_TYPES: dict[str, KeyType] = dict(
         _key_type("CA-SM2", "sm2", "certify-issuer", "test certification authority, SM2"),
         _key_type("ISSUER-RSA", "rsa", "certify-icc sign-static-data", "issuer ODA key, RSA"),
         _key_type("ISSUER-SM2", "sm2", "certify-icc sign-static-data", "issuer ODA key, SM2"),
+        _key_type(
+            "CARD-IMAGE-KEK", "aes", "card-image-seal card-image-open", "AES-256 key sealing card images"
+        ),
+        _key_type("PERSO-KEK", "symmetric", "perso-encipher perso-decipher", "personalisation transport key"),
     ]
 )
 

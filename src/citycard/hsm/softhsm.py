@@ -25,6 +25,7 @@ from typing import Any
 from citycard.crypto import cryptogram, iad, oda, script
 from citycard.crypto.keys import adjust_odd_parity, derive_card_key, key_check_value, session_key
 from citycard.crypto.suite import Suite
+from citycard.hsm.cardimage import CardImageOperations, aes_key_check_value
 from citycard.hsm.certificates import CertificateOperations, decode_private_key, public_fingerprint
 from citycard.hsm.keystore import KeyStore, default_store_path
 from citycard.hsm.keytypes import KEY_TYPES, HSMError, KeyInfo, check_label, key_type
@@ -43,6 +44,10 @@ USAGE_TEXT = {
     "certify-issuer": "sign an issuer public key certificate",
     "certify-icc": "sign an ICC public key certificate",
     "sign-static-data": "sign static application data",
+    "card-image-seal": "seal a card image item",
+    "card-image-open": "open a sealed card image item",
+    "perso-encipher": "encipher a personalisation DGI",
+    "perso-decipher": "decipher a personalisation DGI",
 }
 
 
@@ -63,11 +68,12 @@ class CardKeys(dict[str, bytes]):
     __str__ = __repr__
 
 
-class SoftHSM(CertificateOperations):
+class SoftHSM(CertificateOperations, CardImageOperations):
     """A software HSM over a :class:`KeyStore`. Build it with :meth:`open` or :meth:`ephemeral`.
 
     Symmetric operations are here; test CAs, issuer keys, certificates and CAPKs come from
-    :class:`~citycard.hsm.certificates.CertificateOperations`.
+    :class:`~citycard.hsm.certificates.CertificateOperations`, card-image sealing and perso DGI
+    encipherment from :class:`~citycard.hsm.cardimage.CardImageOperations`.
 
     >>> from citycard.crypto import INTL
     >>> hsm = SoftHSM.ephemeral()
@@ -159,11 +165,10 @@ class SoftHSM(CertificateOperations):
         return infos
 
     def _check_symmetric_type(self, key_type_name: str, operation: str) -> None:
-        if key_type(key_type_name).material != "symmetric":
-            raise HSMError(
-                f"{operation} makes symmetric keys; a {key_type_name} key is made by "
-                "create_test_ca or create_issuer_key"
-            )
+        kind = key_type(key_type_name).material
+        if kind != "symmetric":
+            maker = "card_image_key" if kind == "aes" else "create_test_ca or create_issuer_key"
+            raise HSMError(f"{operation} makes 3DES/SM4 keys; a {key_type_name} key is made by {maker}")
 
     def _put_symmetric(
         self, label: str, key_type_name: str, suite: Suite, key: bytes, *, replace: bool
@@ -201,9 +206,12 @@ class SoftHSM(CertificateOperations):
 
     def _load_material(self, info: KeyInfo, raw: bytes) -> Any:
         """Decode unwrapped key material and check it against the stored KCV or fingerprint."""
-        if key_type(info.key_type).material == "symmetric":
+        kind = key_type(info.key_type).material
+        if kind == "symmetric":
             material: Any = raw
             kcv = key_check_value(raw, suite=info.suite)
+        elif kind == "aes":
+            material, kcv = raw, aes_key_check_value(raw)
         else:
             material = decode_private_key(raw, info.suite)
             kcv = public_fingerprint(oda.PublicKey.of(material, info.suite))

@@ -1,0 +1,348 @@
+"""The card image: a virtual card's persistent state in one JSON file, written atomically (docs/card.md §2).
+
+A document looks like this (secret items sealed by the HSM, their KCVs beside them)::
+
+    {
+      "format": "citycard-card-image/1",
+      "card_serial": "5F0C9A1E22D4B781",
+      "atr": "3B8E800163697479636172642050424F433311",
+      "protocol": "T=1",
+      "card_blocked": false,
+      "saved_at": "2025-01-01T08:00:00+00:00",
+      "kcvs": {"card-image": "1A2B3C"},
+      "applications": [
+        {"class": "citycard.card.pboc:PbocApplication", "aid": "A000000333010101",
+         "label": "PBOC DEBIT", "state": {..., "keys": {"GM/AC": {"sealed": "…", "kcv": "…",
+         "kcv_method": "SM4"}}}}
+      ]
+    }
+
+Writes go to a temporary file in the same directory (``.<name>.<random>.tmp``), which is flushed and
+``fsync``-ed, then ``os.replace``-d over the image and the directory ``fsync``-ed: a crash leaves the
+old image or the new one, and a temporary file left behind by a crash is never read. Loading
+rebuilds each application from its class path; only classes under ``citycard.card.`` (or classes
+registered in :data:`APPLICATION_CLASSES`) are ever imported, so an image cannot name arbitrary code.
+
+The sealer binds each secret to the card serial (not PAN‖PSN: the serial exists before
+personalisation and is one per card, whatever applications it holds) and to the item's name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from citycard.card.application import Application
+from citycard.card.os import (
+    APPLICATIONS_MAX,
+    PROTOCOLS,
+    SERIAL_BYTES,
+    Card,
+    TransmissionProtocol,
+    check_atr,
+)
+from citycard.crypto.suite import Suite
+
+if TYPE_CHECKING:
+    from citycard.hsm import SoftHSM
+
+IMAGE_FORMAT = "citycard-card-image/1"
+IMAGE_BYTES_MAX = 4 * 1024 * 1024
+CARD_IMAGE_KEY_LABEL = "card-image"
+PERSO_KEK_LABEL = "perso-kek"
+CLASS_PATH = re.compile(r"^citycard\.card(\.[a-z_][a-z0-9_]*)+:[A-Za-z_][A-Za-z0-9_]*$")
+_HEX = re.compile(r"^([0-9A-Fa-f]{2})*$")
+
+# Trusted application classes by class path, besides those importable under ``citycard.card.``
+# (a test registers its own application here; an image file can never add to it).
+APPLICATION_CLASSES: dict[str, type[Application]] = {}
+
+
+class ImageError(ValueError):
+    """A card image that cannot be read, trusted or written; the message says which file and why."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image would exceed :data:`IMAGE_BYTES_MAX`."""
+
+
+# --- sealing through the HSM -----------------------------------------------------------------------
+class HsmSealer:
+    """The :class:`~citycard.card.application.Sealer` of one card: the HSM's ``card-image`` key,
+    AES-256-GCM, associated data = card serial ‖ item name (‖ check value); see
+    :mod:`citycard.hsm.cardimage` for the KCV rules. ``suite`` (optional) picks a 3DES or SM4 KCV
+    for a 16-byte key; a name component ``INTL``/``GM`` does the same (``keys/GM/AC``).
+    """
+
+    def __init__(self, hsm: SoftHSM, card_serial: bytes):
+        if len(card_serial) != SERIAL_BYTES:
+            raise ValueError(f"the card serial must be {SERIAL_BYTES} bytes, got {len(card_serial)}")
+        self._hsm = hsm
+        self.card_serial = bytes(card_serial)
+
+    def __repr__(self) -> str:
+        return f"HsmSealer(card {self.card_serial.hex().upper()})"
+
+    @property
+    def key_kcv(self) -> str:
+        """KCV of the HSM's card-image key (made on first use)."""
+        return self._hsm.card_image_key().kcv_hex
+
+    def seal(self, name: str, clear: bytes, *, suite: Suite | None = None) -> dict[str, str]:
+        return self._hsm.seal_card_item(self.card_serial, name, clear, suite=suite)
+
+    def open(self, name: str, sealed: Mapping[str, str]) -> bytes:
+        return self._hsm.open_card_item(self.card_serial, name, sealed)
+
+
+class HsmPersoDecryptor:
+    """The :class:`~citycard.card.application.PersoDecryptor` of a card: ``perso-kek`` in the HSM,
+    ``suite``'s cipher, ECB, padding method 2 — the inverse of ``SoftHSM.encipher_perso_dgi``.
+    """
+
+    def __init__(self, hsm: SoftHSM, suite: Suite, *, label: str = PERSO_KEK_LABEL):
+        self._hsm = hsm
+        self.suite = suite
+        self.label = label
+
+    def __repr__(self) -> str:
+        return f"HsmPersoDecryptor({self.label}, {self.suite.name})"
+
+    def decipher(self, dgi: int, data: bytes) -> bytes:
+        return self._hsm.decipher_perso_dgi(self.label, self.suite, data)
+
+
+# --- class paths -------------------------------------------------------------------------------
+def class_path(cls: type) -> str:
+    """``module:QualifiedName`` of an application class, as an image names it."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def register_application_class(cls: type[Application]) -> str:
+    """Trust ``cls`` for :func:`load_card` although it lives outside ``citycard.card`` (tests)."""
+    if not (isinstance(cls, type) and issubclass(cls, Application)):
+        raise TypeError(f"{cls!r} is not an Application class")
+    APPLICATION_CLASSES[class_path(cls)] = cls
+    return class_path(cls)
+
+
+def application_class(path: str) -> type[Application]:
+    """The application class an image names; only ``citycard.card.`` modules are imported."""
+    registered = APPLICATION_CLASSES.get(path)
+    if registered is not None:
+        return registered
+    if not isinstance(path, str) or not CLASS_PATH.fullmatch(path):
+        raise ImageError(f"application class {path!r} is not a class path under citycard.card (module:Class)")
+    module_name, _, name = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImageError(f"application class {path!r}: module does not import ({exc})") from None
+    cls = getattr(module, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Application)):
+        raise ImageError(f"application class {path!r} is not an Application")
+    return cls
+
+
+# --- the document --------------------------------------------------------------------------------
+def image_document(card: Card) -> dict[str, Any]:
+    """The JSON-ready image of ``card`` (applications' secrets sealed by the card's sealer)."""
+    if card.sealer is None:
+        raise ImageError("the card has no sealer: its secret items cannot be written")
+    kcv = getattr(card.sealer, "key_kcv", None)
+    return {
+        "format": IMAGE_FORMAT,
+        "card_serial": card.serial.hex().upper(),
+        "atr": card.atr.hex().upper(),
+        "protocol": card.protocol,
+        "card_blocked": card.card_blocked,
+        "saved_at": card.now().isoformat(timespec="seconds"),
+        "kcvs": {CARD_IMAGE_KEY_LABEL: kcv} if kcv is not None else {},
+        "applications": [
+            {
+                "class": class_path(type(app)),
+                "aid": app.aid.hex().upper(),
+                "label": app.label,
+                "state": app.to_image(card.sealer),
+            }
+            for app in card.applications
+        ],
+    }
+
+
+def write_image(path: str | Path, document: Mapping[str, Any], *, durable: bool = True) -> None:
+    """Write ``document`` to ``path`` atomically: temp file in the same directory, fsync, replace,
+    fsync of the directory (``durable=False`` skips both fsyncs, for benchmarks on throwaway cards).
+    """
+    path = Path(path)
+    data = (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    if len(data) > IMAGE_BYTES_MAX:
+        raise ImageTooLargeError(f"card image of {len(data)} bytes exceeds the {IMAGE_BYTES_MAX} allowed")
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    if durable:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def save_card(card: Card, path: str | Path | None = None) -> Path:
+    """Write ``card``'s image to ``path`` (default: the card's own image file) atomically."""
+    target = Path(path) if path is not None else card.image_path
+    if target is None:
+        raise ImageError("save_card: the card has no image file and no path was given")
+    write_image(target, image_document(card), durable=card.durable)
+    return target
+
+
+def _bad(path: Path, what: str) -> ImageError:
+    return ImageError(f"card image {path}: {what}")
+
+
+def _hex_field(path: Path, document: Mapping[str, Any], key: str, lengths: range) -> bytes:
+    value = document.get(key)
+    if not isinstance(value, str) or not _HEX.fullmatch(value) or len(value) // 2 not in lengths:
+        raise _bad(path, f"{key} must be hex of {lengths.start} to {lengths.stop - 1} bytes")
+    return bytes.fromhex(value)
+
+
+def read_image(path: str | Path) -> dict[str, Any]:
+    """The checked document of the image at ``path``; nothing is unsealed and no class is imported."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > IMAGE_BYTES_MAX:
+            raise _bad(path, f"{size} bytes, more than the {IMAGE_BYTES_MAX} allowed")
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ImageError(f"card image {path} does not exist") from None
+    except OSError as exc:
+        raise ImageError(f"card image {path} cannot be read: {exc.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad(path, f"not JSON ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != IMAGE_FORMAT:
+        raise _bad(path, f"not a card image (no format {IMAGE_FORMAT!r})")
+    _hex_field(path, document, "card_serial", range(SERIAL_BYTES, SERIAL_BYTES + 1))
+    try:
+        check_atr(_hex_field(path, document, "atr", range(2, 34)))
+    except ValueError as exc:
+        raise _bad(path, str(exc)) from None
+    if document.get("protocol") not in PROTOCOLS:
+        raise _bad(path, f"protocol must be one of {', '.join(PROTOCOLS)}")
+    if not isinstance(document.get("card_blocked"), bool):
+        raise _bad(path, "card_blocked must be true or false")
+    kcvs = document.get("kcvs")
+    if not isinstance(kcvs, dict) or not all(isinstance(v, str) for v in kcvs.values()):
+        raise _bad(path, "kcvs must be an object of hex strings")
+    applications = document.get("applications")
+    if not isinstance(applications, list) or len(applications) > APPLICATIONS_MAX:
+        raise _bad(path, f"applications must be a list of at most {APPLICATIONS_MAX}")
+    for index, entry in enumerate(applications, 1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("class"), str):
+            raise _bad(path, f"application {index} must be an object with a class")
+        if not isinstance(entry.get("state"), dict) or not isinstance(entry.get("label", ""), str):
+            raise _bad(path, f"application {index} must have a state object and a text label")
+        _hex_field(path, entry, "aid", range(5, 17))
+    return document
+
+
+def load_card(
+    path: str | Path,
+    *,
+    hsm: SoftHSM,
+    perso_suite: Suite | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
+    durable: bool = True,
+) -> Card:
+    """The card saved at ``path``, its applications rebuilt with ``from_image`` and its secrets opened
+    by ``hsm``'s card-image key. The card keeps ``path`` as its image file.
+
+    ``perso_suite`` gives a blank card its STORE DATA decryptor (``perso-kek`` in that suite).
+    """
+    path = Path(path)
+    document = read_image(path)
+    serial = bytes.fromhex(document["card_serial"])
+    sealer = HsmSealer(hsm, serial)
+    stored_kcv = document["kcvs"].get(CARD_IMAGE_KEY_LABEL)
+    if stored_kcv is not None:
+        try:
+            hsm_kcv = hsm.card_image_key(create=False).kcv_hex
+        except ValueError:
+            raise _bad(
+                path, f"sealed under a card-image key (KCV {stored_kcv}) this HSM does not hold"
+            ) from None
+        if hsm_kcv != stored_kcv:
+            raise _bad(path, f"sealed under card-image key KCV {stored_kcv}, this HSM's is {hsm_kcv}")
+    applications: list[Application] = []
+    for index, entry in enumerate(document["applications"], 1):
+        cls = application_class(entry["class"])
+        try:
+            app = cls.from_image(entry["state"], sealer)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise _bad(path, f"application {index} ({entry['class']}): {type(exc).__name__}: {exc}") from None
+        if app.aid.hex().upper() != entry["aid"].upper():
+            raise _bad(
+                path, f"application {index} rebuilt with AID {app.aid.hex().upper()}, not {entry['aid']}"
+            )
+        applications.append(app)
+    try:
+        return Card(
+            applications,
+            atr=bytes.fromhex(document["atr"]),
+            protocol=document["protocol"],
+            serial=serial,
+            image_path=path,
+            sealer=sealer,
+            perso_decryptor=HsmPersoDecryptor(hsm, perso_suite) if perso_suite is not None else None,
+            clock=clock,
+            card_blocked=document["card_blocked"],
+            durable=durable,
+        )
+    except ValueError as exc:
+        raise _bad(path, str(exc)) from None
+
+
+def new_card(
+    applications: Sequence[Application],
+    *,
+    hsm: SoftHSM,
+    image_path: str | Path | None = None,
+    protocol: TransmissionProtocol = "T=1",
+    perso_suite: Suite | None = None,
+    serial: bytes | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
+    durable: bool = True,
+) -> Card:
+    """A fresh card (a new random serial unless given) sealing through ``hsm``; nothing is written
+    until the card saves (the last STORE DATA block, or :func:`save_card`).
+    """
+    serial = serial if serial is not None else secrets.token_bytes(SERIAL_BYTES)
+    return Card(
+        applications,
+        protocol=protocol,
+        serial=serial,
+        image_path=image_path,
+        sealer=HsmSealer(hsm, serial),
+        perso_decryptor=HsmPersoDecryptor(hsm, perso_suite) if perso_suite is not None else None,
+        clock=clock,
+        durable=durable,
+    )
