@@ -10,6 +10,7 @@ import pytest
 
 from citycard.card import (
     IMAGE_BYTES_MAX,
+    ApplicationSealer,
     Card,
     HsmSealer,
     ImageError,
@@ -278,7 +279,17 @@ def test_a_personalised_pboc_card_saves_loads_and_hides_its_secrets(profile, tmp
     text = path.read_text()
     sealed = json.loads(text)["applications"][0]["state"]["secrets"]["sealed"]
     assert len(sealed) >= 3  # card keys, PIN block, ICC private key (parts)
-    sealer = HsmSealer(hsm, loaded.serial)
+    sealer = ApplicationSealer(HsmSealer(hsm, loaded.serial), script.aid)
     for name, item in sealed.items():
         assert set(item) == {"sealed", "kcv", "kcv_method"}
         assert sealer.open(name, item).hex().upper() not in text.upper()
+
+
+def test_application_sealer_scopes_names_by_aid(hsm):
+    sealer = HsmSealer(hsm, bytes(range(8)))
+    debit = ApplicationSealer(sealer, h("A000000333010101"))
+    credit = ApplicationSealer(sealer, h("A000000333010102"))
+    item = debit.seal("pin", h("241234FFFFFFFFFF"))
+    assert debit.open("pin", item) == h("241234FFFFFFFFFF")
+    with pytest.raises(ValueError, match="does not open"):
+        credit.open("pin", item)  # the same name in another application is another item

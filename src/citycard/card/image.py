@@ -103,6 +103,24 @@ class HsmSealer:
         return self._hsm.open_card_item(self.card_serial, name, sealed)
 
 
+class ApplicationSealer:
+    """One application's view of the card's sealer: item names are prefixed with its AID, so two
+    applications on one card (each with ``keys/GM/AC``, ``pin`` …) never share a sealed name."""
+
+    def __init__(self, sealer: Any, aid: bytes):
+        self._sealer = sealer
+        self._prefix = aid.hex().upper()
+
+    def __repr__(self) -> str:
+        return f"ApplicationSealer({self._prefix}, {self._sealer!r})"
+
+    def seal(self, name: str, clear: bytes, **options: Any) -> dict[str, str]:
+        return self._sealer.seal(f"{self._prefix}/{name}", clear, **options)
+
+    def open(self, name: str, sealed: Mapping[str, str]) -> bytes:
+        return self._sealer.open(f"{self._prefix}/{name}", sealed)
+
+
 class HsmPersoDecryptor:
     """The :class:`~citycard.card.application.PersoDecryptor` of a card: ``perso-kek`` in the HSM,
     ``suite``'s cipher, ECB, padding method 2 — the inverse of ``SoftHSM.encipher_perso_dgi``.
@@ -171,7 +189,7 @@ def image_document(card: Card) -> dict[str, Any]:
                 "class": class_path(type(app)),
                 "aid": app.aid.hex().upper(),
                 "label": app.label,
-                "state": app.to_image(card.sealer),
+                "state": app.to_image(ApplicationSealer(card.sealer, app.aid)),
             }
             for app in card.applications
         ],
@@ -296,7 +314,7 @@ def load_card(
     for index, entry in enumerate(document["applications"], 1):
         cls = application_class(entry["class"])
         try:
-            app = cls.from_image(entry["state"], sealer)
+            app = cls.from_image(entry["state"], ApplicationSealer(sealer, bytes.fromhex(entry["aid"])))
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise _bad(path, f"application {index} ({entry['class']}): {type(exc).__name__}: {exc}") from None
         if app.aid.hex().upper() != entry["aid"].upper():
