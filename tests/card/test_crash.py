@@ -39,12 +39,11 @@ CHILD = textwrap.dedent(
         card.power_on()
         assert card.process(h("00A404000E325041592E5359532E444446303100"))[-2:] == h("9000")
         assert card.process(h("00A4040008") + aid + h("00"))[-2:] == h("9000")
-        data = (h("28000000") + h("%012d") + h("000000000000") + h("0156") + h("0000000000") + h("0156")
+        data = (h("28000000") + h(sys.argv[2]) + h("000000000000") + h("0156") + h("0000000000") + h("0156")
                 + h("261127") + h("00") + n.to_bytes(4, "big") + h("00") + h("01"))
         rapdu = card.process(h("80A8000025") + h("8323") + data + h("00"))
         print(rapdu[-2:].hex(), flush=True)
     """
-    % PRICE_FEN
 )
 
 
@@ -97,7 +96,7 @@ def test_sigkill_at_random_moments_keeps_the_image_consistent(funded_card, tmp_p
     last_atc = 0
     for _round in range(4):
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(funded_card)],
+            [sys.executable, "-c", CHILD, str(funded_card), f"{PRICE_FEN:012d}"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
