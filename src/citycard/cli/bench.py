@@ -185,4 +185,6 @@ def crypto_command(
         table.add_row(label, f"{figure:,.0f}{unit}" if unit == "/s" else f"{figure:.3f}{unit}")
     Console().print(table)
     print(json.dumps(result))
+
+
 from citycard.cli import bench_card  # noqa: E402, F401

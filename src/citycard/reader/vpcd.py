@@ -131,7 +131,7 @@ class VpcdBridge:
         self._stop = threading.Event()
         self._attached = threading.Event()  # pcscd has talked to us on the current connection
         self._sock: socket.socket | None = None
-        self._sock_lock = threading.Lock()
+        self._sock_lock = threading.RLock()  # stop() may run in a signal handler on the serving thread
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
