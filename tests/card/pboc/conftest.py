@@ -199,6 +199,8 @@ def dgis(
         (0x0D01, risk_data(**(risk or {}))),
         (0x0E01, initial_values(**(values or {}))),
     ]
+    if suites is not None and len(suites) > 1:  # GM's GPO data on a dual-suite card (same records here)
+        out += [(0x9106, AIP + CONTACT_AFL), (0x9107, AIP + QPBOC_AFL)]
     for key_suite in suites or (suite,):
         keys = card_keys(key_suite)
         kcvs = b"".join(key_check_value(k, suite=key_suite) for k in keys)

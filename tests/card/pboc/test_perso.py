@@ -6,7 +6,7 @@ import pytest
 
 from citycard.card.pboc import PbocApplication
 from citycard.card.sw import CardError
-from citycard.crypto.suite import INTL
+from citycard.crypto.suite import GM, INTL
 
 h = bytes.fromhex
 
@@ -111,3 +111,33 @@ def test_no_store_data_after_personalisation(card):
     with pytest.raises(CardError) as caught:
         card.app.store_data(0x0D01, h("9F51020156"), card.ctx)
     assert caught.value.sw == 0x6985
+
+
+def finish_with(kit, items):
+    card = fresh(kit)
+    for dgi, data in items:
+        card.app.store_data(dgi, data, card.ctx)
+    with pytest.raises(CardError) as caught:
+        card.app.finish_personalisation(card.ctx)
+    assert caught.value.sw == 0x6985 and not card.app.personalised
+    return caught.value.reason
+
+
+def test_gm_gpo_data_is_refused_on_a_single_suite_card(kit):
+    reason = finish_with(kit, [*kit.dgis(INTL), (0x9106, kit.AIP + kit.CONTACT_AFL)])
+    assert reason == (
+        "personalisation incomplete: 9106 is the GM contact GPO data of a card with both suites, "
+        "but this card has only the INTL keys (its GPO data is 9104)"
+    )
+
+
+def test_a_dual_suite_card_needs_each_suites_gpo_data_and_icc_key(kit):
+    dual = kit.dgis(INTL, suites=(INTL, GM))
+    reason = finish_with(kit, [(dgi, data) for dgi, data in dual if dgi != 0x9106])
+    assert reason.endswith(
+        "a card with both suites' keys needs the contact GPO data of GM (9106) as well as that of INTL (9104)"
+    )
+    reason = finish_with(kit, [(dgi, data) for dgi, data in dual if dgi != 0x8040])
+    assert reason.endswith(
+        "the GM AIP (contact and contactless) announces DDA/CDA but there is no SM2 ICC private key (8040)"
+    )

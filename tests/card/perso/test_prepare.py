@@ -372,7 +372,7 @@ def test_dual_suite_card_carries_both_key_sets_and_certificates(hsm: SoftHSM) ->
     numbers = {d.number for d in card.dgis}
     assert {0x9104, 0x9105, 0x9106, 0x9107, 0x8000, 0x8030, 0x9000, 0x9030, 0x8040} <= numbers
     assert set(range(0x8201, 0x8206)) <= numbers
-    for gpo_dgi, suite in ((0x9104, GM), (0x9106, INTL)):
+    for gpo_dgi, suite in ((0x9104, INTL), (0x9106, GM)):  # by suite, not by the order of `suites`
         tags = read_tags(card, gpo_dgi)
         capk = card.capks[suite.name]
         assert capk.suite is suite

@@ -16,6 +16,11 @@ Coordination with the card OS (docs/card.md §1):
   the FCI with it.
 * Persistence: every command that changes persistent state calls ``ctx.save()`` before it
   returns (or raises its status word). STORE DATA is persisted by the OS after each DGI.
+
+Suites: a card personalised with both suites' keys runs each transaction in the suite GET
+PROCESSING OPTIONS chose from DF69 (:func:`citycard.card.pboc.gpo.choose_suite`): its session keys,
+its ICC private key for DDA/fDDA/CDA, and its AIP‖AFL — 9104/9105 for INTL, 9106/9107 for GM
+(:meth:`PbocApplication.gpo_data`; docs/card.md §3). A single-suite card uses 9104/9105.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from citycard.card.pboc.logs import Logs
 from citycard.card.pboc.perso import Secrets
 from citycard.card.pboc.state import Counters, Transaction
 from citycard.card.sw import CardError
+from citycard.crypto.suite import Suite
 from citycard.emv.tlv import encode_one
 
 IMAGE_FORMAT = 1
@@ -115,6 +121,11 @@ class PbocApplication(Application):
         if not self._personalised:
             raise CardError(sw.CONDITIONS_NOT_SATISFIED, "application not personalised")
         return handler(self, command, ctx)
+
+    def gpo_data(self, interface: str, suite: Suite) -> bytes | None:
+        """AIP ‖ AFL of ``interface`` for a transaction in ``suite``: 9106/9107 for GM on a card with
+        both suites' keys, otherwise 9104/9105 (docs/card.md §3)."""
+        return self.data.gpo_for(interface, suite.name, dual=len(self.secrets.suites()) > 1)
 
     # --- personalisation ---------------------------------------------------------------------
 

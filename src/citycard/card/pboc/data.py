@@ -2,8 +2,15 @@
 
 Everything here is data the issuer put on the card (docs/card.md §3): the TLV data objects of DGIs
 0D01/0E01, the AFL records (whole ``70`` templates), the FCI proprietary templates (9102/9103) and the
-GPO data AIP‖AFL (9104/9105). What GET DATA answers and what PUT DATA may change are tables, not
-branches (JR/T 0025.5 GET DATA / PUT DATA; pboc-notes §2.1, §3).
+GPO data AIP‖AFL per interface and suite (9104/9105, and 9106/9107 on a card with both suites). What
+GET DATA answers and what PUT DATA may change are tables, not branches (JR/T 0025.5 GET DATA / PUT
+DATA; pboc-notes §2.1, §3).
+
+GPO data (docs/card.md §3): 9104 (contact) and 9105 (contactless) serve a single-suite card's only
+suite, and the INTL suite on a card that holds both suites' keys; 9106 (contact) and 9107
+(contactless) serve the GM suite on such a card. They are stored under :func:`gpo_key` names
+(``contact``, ``contactless``, ``contact/GM``, ``contactless/GM``); which set a transaction uses is
+:meth:`CardData.gpo_for`.
 
 Money is integer fen; on the wire it is n12 BCD (6 bytes).
 """
@@ -15,6 +22,7 @@ from typing import Any
 
 from citycard.card import sw
 from citycard.card.sw import CardError
+from citycard.crypto.suite import GM
 from citycard.emv.tlv import TLV, TLVError, decode, decode_one
 
 AIDS = {  # the PBOC AIDs the application serves (pboc-notes §2.3)
@@ -67,6 +75,15 @@ PUT_DATA_TAGS: dict[str, int] = {
     "9F59": 1,
 }
 MONEY_TAGS = frozenset({"9F79", "9F77", "9F78", "9F6D", "9F6B", "9F54", "9F5C", "DF62", "DF63"})
+
+INTERFACES = ("contact", "contactless")
+GM_GPO = GM.name  # the suite 9106/9107 serve (on a card with both suites)
+GPO_DGIS: dict[int, tuple[str, str | None]] = {  # DGI → (interface, None: 9104/9105 | "GM")
+    0x9104: ("contact", None),
+    0x9105: ("contactless", None),
+    0x9106: ("contact", GM_GPO),
+    0x9107: ("contactless", GM_GPO),
+}
 
 # Tags that must never sit in an AFL record (pboc-notes §2.1: 9F79 is read with GET DATA only).
 FORBIDDEN_IN_RECORDS = frozenset({"9F79"})
@@ -123,7 +140,7 @@ class CardData:
     objects: dict[str, bytes] = field(default_factory=dict)  # 0D01 / 0E01 TLVs (PUT DATA updates them)
     records: dict[tuple[int, int], bytes] = field(default_factory=dict)  # (SFI, record) → 70 template
     fci: dict[str, bytes] = field(default_factory=dict)  # interface → value of A5 (9102 / 9103)
-    gpo: dict[str, bytes] = field(default_factory=dict)  # interface → AIP ‖ AFL (9104 / 9105)
+    gpo: dict[str, bytes] = field(default_factory=dict)  # gpo_key → AIP ‖ AFL (9104 / 9105 / 9106 / 9107)
     _index: dict[str, bytes] | None = field(default=None, repr=False, compare=False)
 
     # --- personalisation ---------------------------------------------------------------------
@@ -167,14 +184,31 @@ class CardData:
         self.fci[interface] = data
         self._index = None
 
-    def store_gpo(self, interface: str, data: bytes, *, dgi: int) -> None:
-        """DGI 9104 / 9105: AIP (2) ‖ AFL (4 bytes an entry, SFI in b8–b4 of the first byte)."""
+    def store_gpo(self, dgi: int, data: bytes) -> None:
+        """DGI 9104–9107: AIP (2) ‖ AFL (4 bytes an entry, SFI in b8–b4 of the first byte).
+
+        Stored under its interface and, for 9106/9107, the GM suite (module note); which suite
+        9104/9105 serve is known only once the keys are in (:meth:`gpo_for`).
+        """
+        interface, suite = GPO_DGIS[dgi]
         if len(data) < 6 or (len(data) - 2) % 4:
             raise CardError(sw.WRONG_DATA, f"DGI {dgi:04X} must be AIP (2) ‖ AFL (4n), got {len(data)} bytes")
         for sfi, first, last, oda in afl_entries(data[2:]):
             if not SFI_MIN <= sfi <= SFI_MAX or not 1 <= first <= last or oda > last - first + 1:
                 raise CardError(sw.WRONG_DATA, f"DGI {dgi:04X}: bad AFL entry SFI {sfi} {first}–{last}/{oda}")
-        self.gpo[interface] = data
+        self.gpo[gpo_key(interface, suite)] = data
+
+    def gpo_for(self, interface: str, suite: str, *, dual: bool) -> bytes | None:
+        """AIP ‖ AFL that the GPO on ``interface`` answers for a transaction in ``suite``.
+
+        ``dual``: the card holds both suites' keys; then GM uses 9106/9107 and INTL 9104/9105,
+        otherwise 9104/9105 serve the card's only suite (docs/card.md §3).
+
+        >>> data = CardData(gpo={"contact": b"I", "contact/GM": b"G"})
+        >>> data.gpo_for("contact", "GM", dual=True), data.gpo_for("contact", "GM", dual=False)
+        (b'G', b'I')
+        """
+        return self.gpo.get(gpo_key(interface, GM_GPO if dual and suite == GM_GPO else None))
 
     # --- lookup ------------------------------------------------------------------------------
 
@@ -188,7 +222,7 @@ class CardData:
             for key in sorted(self.records):
                 for name, found in primitive_objects(decode(self.records[key])).items():
                     index.setdefault(name, found)
-            for interface in ("contact", "contactless"):
+            for interface in INTERFACES:
                 for name, found in primitive_objects(decode(self.fci.get(interface, b""))).items():
                     index.setdefault(name, found)
             self._index = index
@@ -225,6 +259,9 @@ class CardData:
 
     @classmethod
     def from_json(cls, image: dict[str, Any]) -> CardData:
+        unknown = set(image["gpo"]) - {gpo_key(i, s) for i, s in GPO_DGIS.values()}
+        if unknown:
+            raise ValueError(f"card image: unknown GPO data {sorted(unknown)}")
         return cls(
             objects={tag: bytes.fromhex(value) for tag, value in image["objects"].items()},
             records={
@@ -234,6 +271,24 @@ class CardData:
             fci={name: bytes.fromhex(value) for name, value in image["fci"].items()},
             gpo={name: bytes.fromhex(value) for name, value in image["gpo"].items()},
         )
+
+
+def gpo_key(interface: str, suite: str | None) -> str:
+    """The name GPO data is stored under: ``contact`` (9104), …, ``contactless/GM`` (9107).
+
+    >>> [gpo_key(interface, suite) for interface, suite in GPO_DGIS.values()]
+    ['contact', 'contactless', 'contact/GM', 'contactless/GM']
+    """
+    return interface if suite is None else f"{interface}/{suite}"
+
+
+def gpo_dgi(key: str) -> int:
+    """The DGI of GPO data stored under ``key`` (for messages).
+
+    >>> f"{gpo_dgi('contactless/GM'):04X}"
+    '9107'
+    """
+    return next(dgi for dgi, (interface, suite) in GPO_DGIS.items() if gpo_key(interface, suite) == key)
 
 
 def afl_entries(afl: bytes) -> list[tuple[int, int, int, int]]:

@@ -3,6 +3,13 @@
 The OS has already deciphered encrypted DGIs (8000, 8030, 8010, 8201–8205, 8040, 8020). Each DGI is
 checked here (lengths, KCVs, key consistency); an unknown DGI is 6A88, a malformed one 6A80, both
 with the reason. :func:`check_complete` is what ``finish_personalisation`` runs.
+
+A card may hold both suites' keys (8000/9000 and 8030/9030, with 8201–8205 and 8040); the terminal's
+DF69 then chooses the suite per transaction (:func:`citycard.card.pboc.gpo.choose_suite`). The GPO
+data follows the suite (docs/card.md §3): on such a card 9104/9105 are the contact/contactless
+AIP‖AFL of INTL and 9106/9107 those of GM, and personalisation completes only when every interface
+that has GPO data has it for both suites, with each suite's ICC private key when its AIP announces
+DDA/CDA. On a single-suite card 9104/9105 serve its only suite and 9106/9107 are refused.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from citycard.card import sw
 from citycard.card.application import Sealer
-from citycard.card.pboc.data import afl_entries, fen, parse_tlv_list
+from citycard.card.pboc.data import GPO_DGIS, INTERFACES, afl_entries, fen, gpo_dgi, gpo_key, parse_tlv_list
 from citycard.card.sw import CardError
 from citycard.crypto import rsa, sm2
 from citycard.crypto.keys import key_check_value
@@ -214,7 +221,7 @@ def _fci(app: PbocApplication, dgi: int, data: bytes) -> None:
 
 
 def _gpo(app: PbocApplication, dgi: int, data: bytes) -> None:
-    app.data.store_gpo("contact" if dgi == 0x9104 else "contactless", data, dgi=dgi)
+    app.data.store_gpo(dgi, data)
 
 
 def _capp(app: PbocApplication, dgi: int, data: bytes) -> None:
@@ -226,8 +233,7 @@ HANDLERS: dict[int, Callable[[PbocApplication, int, bytes], None]] = {
     0x0E01: _initial_values,
     0x9102: _fci,
     0x9103: _fci,
-    0x9104: _gpo,
-    0x9105: _gpo,
+    **dict.fromkeys(GPO_DGIS, _gpo),  # 9104–9107
     0x8000: _keys,
     0x8030: _keys,
     0x9000: _kcvs,
@@ -262,13 +268,15 @@ def check_complete(app: PbocApplication) -> None:
     for name in secrets.keys:
         if name not in secrets.kcvs:
             problems.append(f"{name} keys without their KCVs (9000/9030)")
-    if not app.data.gpo:
+    if not any(interface in app.data.gpo for interface in INTERFACES):
         problems.append("no GPO data (9104 or 9105)")
-    for interface, gpo in app.data.gpo.items():
+    problems += _gpo_suite_problems(app)
+    for key, gpo in app.data.gpo.items():
+        where = f"{key.replace('/', ' ')} AFL ({gpo_dgi(key):04X})"  # e.g. "contact GM AFL (9106)"
         for sfi, first, last, _ in afl_entries(gpo[2:]):
             missing = [r for r in range(first, last + 1) if (sfi, r) not in app.data.records]
             if missing:
-                problems.append(f"{interface} AFL names SFI {sfi} records {missing} that were not stored")
+                problems.append(f"{where} names SFI {sfi} records {missing} that were not stored")
     if "contact" in app.data.gpo and (app.data.tag("8C") is None or app.data.tag("8D") is None):
         problems.append("contact path without CDOL1 (8C) and CDOL2 (8D) in the records")
     for tag in ("5A", "5F34"):
@@ -276,15 +284,49 @@ def check_complete(app: PbocApplication) -> None:
             problems.append(f"no {tag} in the records")
     if secrets.rsa_parts and secrets.rsa_key is None:
         problems.append("ICC RSA key incomplete (8201–8205)")
-    offline_auth = any(
-        AIP.new(gpo[:2]).is_set(bit)
-        for gpo in app.data.gpo.values()
-        for bit in ("dda_supported", "cda_supported")
-    )
-    if offline_auth and not any(secrets.icc_key(suite) for suite in secrets.suites()):
-        problems.append("AIP announces DDA/CDA but no ICC private key matches the card keys' suite")
+    dual = len(secrets.suites()) > 1
+    for suite in secrets.suites():
+        announced = [
+            interface
+            for interface in INTERFACES
+            if (gpo := app.data.gpo_for(interface, suite.name, dual=dual)) is not None
+            and any(AIP.new(gpo[:2]).is_set(bit) for bit in ("dda_supported", "cda_supported"))
+        ]
+        if announced and secrets.icc_key(suite) is None:
+            dgis = "8201–8205" if suite.signature == "rsa" else "8040"
+            problems.append(
+                f"the {suite.name} AIP ({' and '.join(announced)}) announces DDA/CDA but there is no "
+                f"{suite.signature.upper()} ICC private key ({dgis})"
+            )
     if app.counters.ec_balance_fen is not None and app.data.tag("9F77") is None:
         problems.append("EC balance (9F79) without an EC balance limit (9F77)")
     problems += app.capp.problems()
     if problems:
         raise CardError(sw.CONDITIONS_NOT_SATISFIED, "personalisation incomplete: " + "; ".join(problems))
+
+
+def _gpo_suite_problems(app: PbocApplication) -> list[str]:
+    """GPO data per suite (module note): both suites' on a dual-suite card, never 9106/9107 otherwise."""
+    suites = app.secrets.suites()
+    problems = []
+    for interface in INTERFACES:
+        intl, gm = gpo_key(interface, None), gpo_key(interface, GM.name)
+        present = [key for key in (intl, gm) if key in app.data.gpo]
+        if len(suites) > 1 and len(present) == 1:
+            (have,) = present
+            missing = gm if have == intl else intl
+            problems.append(
+                f"a card with both suites' keys needs the {interface} GPO data of {_suite_of(missing)} "
+                f"({gpo_dgi(missing):04X}) as well as that of {_suite_of(have)} ({gpo_dgi(have):04X})"
+            )
+        elif len(suites) == 1 and gm in present:
+            problems.append(
+                f"{gpo_dgi(gm):04X} is the GM {interface} GPO data of a card with both suites, but this "
+                f"card has only the {suites[0].name} keys (its GPO data is {gpo_dgi(intl):04X})"
+            )
+    return problems
+
+
+def _suite_of(key: str) -> str:
+    """The suite GPO data stored under ``key`` serves on a dual-suite card."""
+    return GM.name if key.endswith(f"/{GM.name}") else INTL.name

@@ -1,9 +1,11 @@
 """qPBOC: the card decides inside GET PROCESSING OPTIONS (JR/T 0025.12; pboc-notes §5, §6).
 
-Response template 77, in this order: 82 AIP, 94 AFL (DGI 9105), 9F36 ATC, 9F26 AC, 9F27 CID (kept
-although kernels may infer the type from the IAD, pboc-notes §4.2), 9F10 IAD (EC balance after
-the transaction, with its MAC), 9F6C CTQ, 57 track 2, 5F34 PSN; then on an offline approval (TC)
-9F5D (available offline amount = balance after) and 9F4B (fDDA), otherwise 9F63 when personalised.
+Response template 77, in this order: 82 AIP and 94 AFL (DGI 9105, or 9107 when the transaction
+runs in GM on a card with both suites; docs/card.md §3), 9F36 ATC, 9F26 AC, 9F27 CID (kept although
+kernels may infer the type from the IAD, pboc-notes §4.2), 9F10 IAD (EC balance after the
+transaction, with its MAC), 9F6C CTQ, 57 track 2, 5F34 PSN; then on an offline approval (TC) 9F5D
+(available offline amount = balance after) and 9F4B (fDDA, signed with the ICC key of the
+transaction's suite), otherwise 9F63 when personalised.
 
 fDDA: ICC dynamic data = a fresh 4-byte card random 9F4C. Version 01 when the TTQ supports it
 (byte 4 b8) and a record holds 9F69: the card then rewrites that record's 9F69 for this transaction
@@ -34,6 +36,7 @@ from citycard.card.pboc.risk import Ac, QpbocInput, qpboc_decision
 from citycard.card.pboc.state import Stage, Transaction
 from citycard.card.sw import CardError
 from citycard.crypto import oda
+from citycard.crypto.suite import Suite
 from citycard.emv.bits import CTQ, TTQ
 from citycard.emv.tlv import TLV, decode_one, encode, encode_one
 
@@ -118,7 +121,6 @@ def _fdda(app: PbocApplication, txn: Transaction, ctx: CardContext, ctq: bytes) 
 
 def qpboc_gpo(app: PbocApplication, txn: Transaction, ctx: CardContext) -> Response:
     """The qPBOC half of GPO: decide, build 77, apply (or hold) the debit, save, answer."""
-    gpo_data = app.data.gpo["contactless"]
     ttq = TTQ.new(txn.values["9F66"])
     risk = dataclasses.replace(risk_input(app, txn, Ac.TC), ec_requested=True)
     signing = (
@@ -149,7 +151,7 @@ def qpboc_gpo(app: PbocApplication, txn: Transaction, ctx: CardContext) -> Respo
     ac, iad = cryptogram(app, txn, cvr=decision.cvr, balance_fen=balance)
     items = [
         ("82", txn.aip),
-        ("94", gpo_data[2:]),
+        ("94", txn.afl),
         ("9F36", txn.atc),
         ("9F26", ac),
         ("9F27", bytes([decision.ac.cid])),
@@ -179,9 +181,10 @@ def qpboc_gpo(app: PbocApplication, txn: Transaction, ctx: CardContext) -> Respo
     return Response(encode_one("77", body))
 
 
-def check_ready(app: PbocApplication) -> None:
-    """qPBOC needs the contactless GPO data (9105)."""
-    if "contactless" not in app.data.gpo:
+def check_ready(app: PbocApplication, suite: Suite) -> None:
+    """qPBOC needs the contactless GPO data of the transaction's suite (9105, or 9107)."""
+    if app.gpo_data("contactless", suite) is None:
         raise CardError(
-            sw.CONDITIONS_NOT_SATISFIED, "qPBOC requested but the card has no contactless AFL (9105)"
+            sw.CONDITIONS_NOT_SATISFIED,
+            f"qPBOC requested but the card has no contactless AFL (9105/9107) for the {suite.name} suite",
         )

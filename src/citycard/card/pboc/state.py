@@ -76,6 +76,7 @@ class Transaction:
     suite: Suite | None = None
     atc: bytes = b""
     aip: bytes = b""
+    afl: bytes = b""  # the AFL the GPO answered (this interface's and suite's)
     pdol_data: bytes = b""
     cdol1_data: bytes = b""
     cdol2_data: bytes = b""

@@ -11,10 +11,13 @@ use, by label with a ``-intl``/``-gm`` suffix: IMK-AC/MAC/ENC (``imk-ac-gm`` …
 opening-key masters (``imk-capp-gm-15`` …, type IMK-ENC: option A gives each card its opening key)
 and ``perso-kek``.
 
-DGI order: records SSRR (SFI, record), FCIs 9102/9103, GPO data 9104/9105 (a card with two suites
-adds 9106/9107 for its second suite, *conv.*), 0D01, 0E01, A001, then per suite the KCVs before
-the keys (9000 8000 / 9030 8030, so the card can check each key as it arrives), 9010 8010, the ICC
-private key (8201–8205 / 8040), 9020 8020.
+DGI order: records SSRR (SFI, record), FCIs 9102/9103, GPO data 9104/9105 (and 9106/9107), 0D01,
+0E01, A001, then per suite the KCVs before the keys (9000 8000 / 9030 8030, so the card can check
+each key as it arrives), 9010 8010, the ICC private key (8201–8205 / 8040), 9020 8020.
+
+GPO data (AIP ‖ the AFL entries of the suite, docs/card.md §3): a single-suite card gets 9104
+(contact) and 9105 (contactless) for its suite; a card with both suites gets 9104/9105 for INTL and
+9106/9107 for GM (*conv.*), whatever the order of ``suites`` in the profile.
 
 Static data to authenticate (Book 3 §10.3): the records the AFL flags for ODA, in AFL order — for
 SFI 1–10 the value of the 70 template only — followed by the AIP when 9F4A lists 82. The ICC
@@ -59,12 +62,8 @@ DGI_RSA_CRT = (0x8201, 0x8202, 0x8203, 0x8204, 0x8205)  # q⁻¹ mod p, d mod (q
 DGI_SM2_PRIVATE = 0x8040
 DGI_CAPP_FILES, DGI_CAPP_KCVS, DGI_CAPP_KEYS = 0xA001, 0x9020, 0x8020  # Part 14
 DGI_FCI = {"contact": 0x9102, "contactless": 0x9103}
-DGI_GPO = {
-    ("contact", 0): 0x9104,
-    ("contactless", 0): 0x9105,
-    ("contact", 1): 0x9106,
-    ("contactless", 1): 0x9107,
-}
+DGI_GPO = {"contact": 0x9104, "contactless": 0x9105}  # a single-suite card's suite; INTL on a dual one
+DGI_GPO_GM = {"contact": 0x9106, "contactless": 0x9107}  # GM on a card with both suites (conv.)
 DGI_OBJECTS, DGI_INITIAL = 0x0D01, 0x0E01
 ENCIPHERED_DGIS = frozenset({0x8000, 0x8030, 0x8010, *DGI_RSA_CRT, DGI_SM2_PRIVATE, DGI_CAPP_KEYS})
 PART14_TYPES = {"variable": 0x01, "cyclic": 0x02}
@@ -686,12 +685,24 @@ def _fci_and_gpo_dgis(profile: Profile, values: Mapping[str, bytes]) -> list[Dgi
             items += [("9F11", values["9F11"]), ("9F12", values["9F12"])]
         items.append(("BF0C", tlv_list(discretionary)))
         out.append(Dgi(DGI_FCI[interface], tlv_list(items), what=f"{interface} FCI (A5 value)"))
-    for index, suite in enumerate(profile.suites):
+    gpo = []
+    for suite in profile.suites:
         for interface in ("contact", "contactless"):
             aip = (profile.contact if interface == "contact" else profile.contactless).aip
             data = aip + afl_bytes(profile, interface, suite)
-            out.append(Dgi(DGI_GPO[interface, index], data, what=f"{interface} AIP‖AFL ({suite})"))
-    return out
+            number = gpo_dgi(interface, suite, dual=len(profile.suites) > 1)
+            gpo.append(Dgi(number, data, what=f"{interface} AIP‖AFL ({suite})"))
+    return out + sorted(gpo, key=lambda d: d.number)
+
+
+def gpo_dgi(interface: str, suite: str, *, dual: bool) -> int:
+    """The DGI of the AIP‖AFL of ``interface`` and ``suite`` (docs/card.md §3).
+
+    >>> [f"{gpo_dgi(i, s, dual=d):04X}" for i, s, d in
+    ...  [("contact", "GM", False), ("contactless", "INTL", True), ("contact", "GM", True)]]
+    ['9104', '9105', '9106']
+    """
+    return (DGI_GPO_GM if dual and suite == "GM" else DGI_GPO)[interface]
 
 
 def _object_dgis(profile: Profile, values: Mapping[str, bytes]) -> list[Dgi]:
