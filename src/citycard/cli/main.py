@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from citycard.cli import bench, card, crypto, hsm, oda, selftest, tlv
+from citycard.cli import bench, card, crypto, hsm, oda, selftest, terminal, terminal_params, tlv
 from citycard.cli.common import EXIT_BAD_INPUT
 
 # Typer ≥ 0.29 vendors Click privately; reach its UsageError through a public subclass so this
@@ -25,6 +25,8 @@ app.add_typer(crypto.app, name="crypto")
 app.add_typer(oda.app, name="oda")
 app.add_typer(card.app, name="card")
 app.add_typer(hsm.app, name="hsm")
+terminal.app.add_typer(terminal_params.blacklist_app, name="blacklist")
+app.add_typer(terminal.app, name="terminal")
 app.add_typer(bench.app, name="bench")
 app.command(name="selftest")(selftest.selftest)
 
