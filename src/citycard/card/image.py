@@ -3,7 +3,7 @@
 A document looks like this (secret items sealed by the HSM, their KCVs beside them)::
 
     {
-      "format": "citycard-card-image/1",
+      "format": "citycard-card-image/2",
       "card_serial": "5F0C9A1E22D4B781",
       "atr": "3B8E800163697479636172642050424F433311",
       "protocol": "T=1",
@@ -55,7 +55,8 @@ from citycard.crypto.suite import Suite
 if TYPE_CHECKING:
     from citycard.hsm import SoftHSM
 
-IMAGE_FORMAT = "citycard-card-image/1"
+# /2: sealed item names carry the application's AID (ApplicationSealer); /1 images cannot open them.
+IMAGE_FORMAT = "citycard-card-image/2"
 IMAGE_BYTES_MAX = 4 * 1024 * 1024
 CARD_IMAGE_KEY_LABEL = "card-image"
 PERSO_KEK_LABEL = "perso-kek"
@@ -275,6 +276,8 @@ def read_image(path: str | Path) -> dict[str, Any]:
         raise ImageError(f"card image {path} cannot be read: {exc.strerror}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _bad(path, f"not JSON ({exc})") from None
+    if isinstance(document, dict) and document.get("format") == "citycard-card-image/1":
+        raise _bad(path, f"a card image of format /1, from before {IMAGE_FORMAT!r}: make the card again")
     if not isinstance(document, dict) or document.get("format") != IMAGE_FORMAT:
         raise _bad(path, f"not a card image (no format {IMAGE_FORMAT!r})")
     _hex_field(path, document, "card_serial", range(SERIAL_BYTES, SERIAL_BYTES + 1))
