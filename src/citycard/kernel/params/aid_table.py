@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from citycard.emv.dol import DOLError, parse_dol
+from citycard.kernel.params.tomlfile import parse_toml, read_table
 
 AID_BYTES_MIN = 5  # RID alone (ISO/IEC 7816-5)
 AID_BYTES_MAX = 16  # RID 5 + PIX up to 11
@@ -269,23 +267,12 @@ class AidTable:
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> AidTable:
         """Read the table from ``path``, default the shipped ``citycard/data/terminal/aids.toml``."""
-        if path is None:
-            source = "aids.toml"
-            text = resources.files("citycard").joinpath(DEFAULT_PATH).read_text(encoding="utf-8")
-        else:
-            source = str(path)
-            try:
-                text = Path(path).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise AidTableError(f"{source}: cannot read the AID table: {exc.strerror}") from None
+        text, source = read_table(path, default=DEFAULT_PATH, what="AID table", error=AidTableError)
         return cls.from_toml(text, source=source)
 
     @classmethod
     def from_toml(cls, text: str, *, source: str = "AID table") -> AidTable:
-        try:
-            document = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise AidTableError(f"{source}: not valid TOML: {exc}") from None
+        document = parse_toml(text, source=source, error=AidTableError)
         unknown = sorted(set(document) - {"defaults", "aid"})
         if unknown:
             raise AidTableError(

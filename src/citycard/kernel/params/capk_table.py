@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tomllib
 from collections.abc import Iterable, Iterator, Mapping
-from importlib import resources
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -38,6 +35,7 @@ from citycard.crypto.capk import (
     scheme_test_capks,
 )
 from citycard.crypto.suite import GM, INTL
+from citycard.kernel.params.tomlfile import parse_toml, read_table
 
 DEFAULT_PATH = "data/terminal/capks.toml"
 SERIAL_BYTES = 3  # issuer certificate serial number (Book 2 Table 13)
@@ -104,23 +102,12 @@ class CapkTable:
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> CapkTable:
         """Read ``path`` (default: the shipped ``citycard/data/terminal/capks.toml``)."""
-        if path is None:
-            source = "capks.toml"
-            text = resources.files("citycard").joinpath(DEFAULT_PATH).read_text(encoding="utf-8")
-        else:
-            source = str(path)
-            try:
-                text = Path(path).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise CapkTableError(f"{source}: cannot read the CAPK table: {exc.strerror}") from None
+        text, source = read_table(path, default=DEFAULT_PATH, what="CAPK table", error=CapkTableError)
         return cls.from_toml(text, source=source)
 
     @classmethod
     def from_toml(cls, text: str, *, source: str = "CAPK table") -> CapkTable:
-        try:
-            document = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise CapkTableError(f"{source}: not valid TOML: {exc}") from None
+        document = parse_toml(text, source=source, error=CapkTableError)
         unknown = sorted(set(document) - {"include_scheme_test_keys", "capk", "revoked"})
         if unknown:
             raise CapkTableError(
