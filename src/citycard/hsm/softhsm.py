@@ -27,9 +27,11 @@ from citycard.crypto.keys import adjust_odd_parity, derive_card_key, key_check_v
 from citycard.crypto.suite import Suite
 from citycard.hsm.cardimage import CardImageOperations, aes_key_check_value
 from citycard.hsm.certificates import CertificateOperations, decode_private_key, public_fingerprint
+from citycard.hsm.keyexchange import KeyExchangeOperations
 from citycard.hsm.keystore import KeyStore, default_store_path
 from citycard.hsm.keytypes import KEY_TYPES, HSMError, KeyInfo, check_label, key_type
 from citycard.hsm.masterkey import MASTER_KEY_BYTES, load_master_key
+from citycard.hsm.pin import PinOperations
 
 CACHE_KEYS_MAX = 256
 CARD_KEY_KINDS = {"AC": "IMK-AC", "MAC": "IMK-MAC", "ENC": "IMK-ENC"}  # personalisation kind → IMK type
@@ -68,7 +70,7 @@ class CardKeys(dict[str, bytes]):
     __str__ = __repr__
 
 
-class SoftHSM(CertificateOperations, CardImageOperations):
+class SoftHSM(CertificateOperations, CardImageOperations, PinOperations, KeyExchangeOperations):
     """A software HSM over a :class:`KeyStore`. Build it with :meth:`open` or :meth:`ephemeral`.
 
     Symmetric operations are here; test CAs, issuer keys, certificates and CAPKs come from

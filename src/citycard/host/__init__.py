@@ -1,0 +1,1 @@
+"""Bank-side hosts: the issuer (authorisation, ARPC, scripts, EC load) and the switch (routing by BIN)."""
