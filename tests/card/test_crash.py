@@ -21,7 +21,7 @@ import pytest
 
 from citycard.cli.main import app  # noqa: F401 - the package must import before we fork children
 
-PRICE_FEN = 10  # 5,000 purchases of balance: far more than four rounds of ~1 s make
+PRICE_FEN = 1  # 50,000 purchases of balance: far more than four rounds of ~1 s make (~2,000 taps/s)
 INITIAL_FEN = 50_000
 
 CHILD = textwrap.dedent(

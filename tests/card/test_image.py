@@ -57,7 +57,7 @@ def test_round_trip_keeps_everything_and_opens_the_sealed_key(saved, hsm, echo, 
     assert debit.key == echo.CARD_KEY and debit.records == card.applications[0].records
     assert loaded.image_path == path and isinstance(loaded.sealer, HsmSealer)
     document = json.loads(path.read_text())
-    assert document["format"] == "citycard-card-image/2"
+    assert document["format"] == "citycard-card-image/3"
     assert document["applications"][0]["class"] == registered
     assert document["kcvs"] == {"card-image": hsm.card_image_key().kcv_hex}
 
@@ -299,6 +299,6 @@ def test_an_image_of_the_old_format_is_refused_with_its_reason(tmp_path):
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"format": "citycard-card-image/1", "applications": []}))
     with pytest.raises(
-        ImageError, match=r"format /1, from before 'citycard-card-image/2': make the card again"
+        ImageError, match=r"format /1, from before 'citycard-card-image/3': make the card again"
     ):
         read_image(old)

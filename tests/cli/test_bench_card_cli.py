@@ -1,4 +1,4 @@
-"""`citycard bench card`: the JSON shape scripts depend on, and the terminal's purchase sequence it times.
+"""`citycard bench card`: the JSON shape scripts depend on, and the kernel purchase it times.
 
 Figures are measured, not asserted (benchmarks are not tests); the PC/SC figure must be there when
 pcscd with vpcd and pyscard are, and null when they are not.
@@ -10,32 +10,19 @@ import json
 
 import pytest
 
-from citycard.cli.bench_card import PurchaseError, QpbocPurchase, qpboc_ec_purchase, read_balance_fen
+from citycard.cli.bench_card import BalanceError, read_balance_fen
 from citycard.emv import encode_one
 from citycard.reader import InProcessTransport, PcscUnavailableError, list_readers
 
-SELECT_PPSE = "00A404000E325041592E5359532E444446303100"
-DEBIT, EC = "A000000333010101", "A000000333010106"
+EC = "A000000333010106"
 
 
 def tlv(tag: str, *values: str) -> str:
     return encode_one(tag, bytes.fromhex("".join(values))).hex().upper()
 
 
-def ppse(*entries: tuple[str, int]) -> str:
-    listed = "".join(tlv("61", tlv("4F", aid), tlv("87", f"{priority:02X}")) for aid, priority in entries)
-    return tlv("6F", tlv("84", b"2PAY.SYS.DDF01".hex()), tlv("A5", tlv("BF0C", listed))) + "9000"
-
-
 def fci(aid: str, pdol: str) -> str:
     return tlv("6F", tlv("84", aid), tlv("A5", tlv("9F38", pdol) if pdol else "")) + "9000"
-
-
-def gpo(afl: str) -> str:
-    return (
-        tlv("77", tlv("82", "3D00"), tlv("94", afl), tlv("9F36", "000A"), tlv("9F26", "1122334455667788"))
-        + "9000"
-    )
 
 
 def pcsc_here() -> bool:
@@ -79,59 +66,29 @@ class ScriptedCard:
         return bytes.fromhex(answer)
 
 
-def run(script: list[tuple[str, str]], **options) -> QpbocPurchase:
-    card = ScriptedCard(script)
-    with InProcessTransport(card) as reader:
-        purchase = qpboc_ec_purchase(reader, amount_fen=150, tag_9f37=bytes.fromhex("11223344"), **options)
-    assert card.script == []
-    return purchase
+def test_the_purchase_is_the_kernels_and_approves_offline_in_both_suites(tmp_path):
+    """One terminal code path: the bench's purchase is run_qpboc (fDDA included), TC, balance down."""
+    from citycard.card import load_card
+    from citycard.cli.bench_card import bench_terminal, personalise_card, purchases_per_s
+    from citycard.hsm import SoftHSM
+
+    hsm = SoftHSM.ephemeral()
+    for profile in ("pboc-ec-only-gm", "pboc-debit-intl"):
+        path, prepared = personalise_card(tmp_path, hsm, profile=profile, balance_fen=1_000)
+        card = load_card(path, hsm=hsm)
+        card.interface = "contactless"
+        assert purchases_per_s(card, bench_terminal(hsm, prepared.suites[0]), runs=3) > 0
+        with InProcessTransport(card) as reader:
+            assert read_balance_fen(reader, aid=prepared.aid) == 1_000 - 4  # warm-up + 3, 1 fen each
 
 
-def test_the_purchase_takes_the_highest_priority_application_and_reads_the_afl():
-    purchase = run(
-        [
-            (SELECT_PPSE, ppse((DEBIT, 2), (EC, 1))),
-            (f"00A4040008{EC}00", fci(EC, "9F66049F0206DF6901")),
-            ("80A800000D830B" + "28000000" + "000000000150" + "01" + "00", gpo("10010201")),
-            ("00B2011400", tlv("70", tlv("5A", "6235489888019428")) + "9000"),
-            ("00B2021400", tlv("70", tlv("9F74", b"ECC001".hex())) + "9000"),
-        ],
-        tag_df69=b"\x01",
-    )
-    assert purchase.aid == bytes.fromhex(EC)
-    assert purchase.pdol_data == bytes.fromhex("2800000000000000015001")
-    assert purchase.apdus == 5
-    assert purchase.tags["9F26"] == bytes.fromhex("1122334455667788")
-    assert [(sfi, record, oda) for sfi, record, _, oda in purchase.records] == [(2, 1, True), (2, 2, False)]
-    assert purchase.static_data() == bytes.fromhex("5A086235489888019428")  # SFI ≤ 10: the 70 value only
-
-
-def test_a_refused_gpo_is_a_purchase_error_naming_the_step():
-    with pytest.raises(PurchaseError, match="GPO: card answered 6985"):
-        run(
-            [
-                (SELECT_PPSE, ppse((EC, 1))),
-                (f"00A4040008{EC}00", fci(EC, "")),
-                ("80A80000028300" + "00", "6985"),
-            ]
-        )
-
-
-def test_an_empty_ppse_and_a_ragged_afl_are_purchase_errors():
-    with pytest.raises(
-        PurchaseError, match=r"SELECT PPSE: card answered 9000 \(no application in the PPSE\)"
+def test_a_refused_balance_inquiry_names_the_step():
+    card = ScriptedCard([(f"00A4040008{EC}00", "6A82")])
+    with (
+        InProcessTransport(card) as reader,
+        pytest.raises(BalanceError, match="SELECT AID: card answered 6A82"),
     ):
-        run([(SELECT_PPSE, ppse())])
-    with pytest.raises(
-        PurchaseError, match="GPO: card answered 9000 \\(AFL of 3 bytes is not whole 4-byte entries"
-    ):
-        run(
-            [
-                (SELECT_PPSE, ppse((EC, 1))),
-                (f"00A4040008{EC}00", fci(EC, "")),
-                ("80A80000028300" + "00", gpo("100102")),
-            ]
-        )
+        read_balance_fen(reader, aid=bytes.fromhex(EC))
 
 
 def test_read_balance_selects_first_when_asked():

@@ -178,107 +178,90 @@ def card_modules_missing() -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("profile", "tag_df69", "tag_9f66"),
+    ("profile", "suite_name", "tag_9f66"),
     [
-        ("pboc-debit-intl", b"\x00", "28000000"),  # RSA + 3DES, fDDA version 00 (9F37)
-        ("pboc-ec-only-gm", b"\x01", "28000000"),  # SM2 + SM4, fDDA version 00
-        ("pboc-ec-only-gm", b"\x01", "28000080"),  # SM2 + SM4, fDDA version 01 (9F37‖9F02‖5F2A‖9F69)
+        ("pboc-debit-intl", "INTL", "28000000"),  # RSA + 3DES, fDDA version 00 (9F37)
+        ("pboc-ec-only-gm", "GM", "28000000"),  # SM2 + SM4, fDDA version 00
+        ("pboc-ec-only-gm", "GM", "28000080"),  # SM2 + SM4, fDDA version 01 (9F37‖9F02‖5F2A‖9F69)
     ],
 )
-def test_qpboc_ec_purchase_through_pcscd(pcsc, tmp_path, profile, tag_df69, tag_9f66):
+def test_qpboc_ec_purchase_through_pcscd(pcsc, tmp_path, profile, suite_name, tag_9f66):
+    """The kernel (one terminal code path) over PcscTransport: TC, fDDA, and the issuer's HSM agrees."""
     missing = card_modules_missing()
     if missing:
         pytest.skip(f"card package not yet present: {', '.join(missing)}")  # not a missing service
     from citycard.card import load_card
-    from citycard.cli.bench_card import personalise_card, qpboc_ec_purchase, read_balance_fen
-    from citycard.crypto import oda
+    from citycard.cli.bench_card import personalise_card, read_balance_fen
     from citycard.crypto.cryptogram import pboc_ac_data
-    from citycard.emv import TTQ
+    from citycard.crypto.suite import GM, INTL
     from citycard.hsm import SoftHSM
+    from citycard.kernel.context import Terminal, TerminalProfile
+    from citycard.kernel.outcome import Outcome
+    from citycard.kernel.params import AidTable, CapkTable
+    from citycard.kernel.qpboc import run_qpboc
 
     hsm = SoftHSM.ephemeral()
     path, prepared = personalise_card(tmp_path, hsm, profile=profile, balance_fen=BALANCE_FEN)
     (suite,) = prepared.suites
+    assert suite.name == suite_name
+    profile_ = TerminalProfile.bus_validator(
+        suite={"GM": GM, "INTL": INTL}[suite_name], ttq=bytes.fromhex(tag_9f66)
+    )
+    terminal = Terminal(profile_, AidTable.load(), CapkTable.load().with_hsm(hsm))
     card = load_card(path, hsm=hsm)
     card.interface = "contactless"
-    with served(card) as (bridge, reader), PcscTransport(reader) as terminal:
-        purchase = qpboc_ec_purchase(
-            terminal, amount_fen=PURCHASE_FEN, tag_df69=tag_df69, tag_9f66=bytes.fromhex(tag_9f66)
-        )
-        balance_after = read_balance_fen(terminal)  # the application is still selected
-        assert bridge.apdus >= purchase.apdus + 1
-    tags, given = purchase.tags, purchase.terminal
-    pan, psn = tags["5A"].hex().upper().rstrip("F"), tags["5F34"].hex()
-    assert pan == prepared.pan
+    with served(card) as (bridge, reader), PcscTransport(reader) as transport:
+        result = run_qpboc(transport, terminal, amount_fen=PURCHASE_FEN)
+        balance_after = read_balance_fen(transport)  # the application is still selected
+        assert bridge.apdus >= len([s for s in result.steps if s.name.startswith("READ")]) + 4
+    assert result.kind is Outcome.APPROVED_OFFLINE, result.reasons
+    assert ("FDDA", "passed") in [(s.name, s.detail) for s in result.steps]
+    assert result.pan == prepared.pan and result.suite == suite_name
+    values = result.data
 
     # the card approved offline: TC (CID 40), and the issuer's HSM agrees it is the card's cryptogram
-    assert tags["9F27"] == b"\x40", f"CID {tags['9F27'].hex()}: not a TC"
+    assert result.cid == 0x40, f"CID {result.cid:02X}: not a TC"
     ac_data = pboc_ac_data(
-        tag_9f02=given["9F02"],
-        tag_9f03=given["9F03"],
-        tag_9f1a=given["9F1A"],
-        tag_95=given["95"],
-        tag_5f2a=given["5F2A"],
-        tag_9a=given["9A"],
-        tag_9c=given["9C"],
-        tag_9f37=given["9F37"],
-        tag_82=tags["82"],
-        tag_9f36=tags["9F36"],
-        cvr=tags["9F10"][3:7],
+        tag_9f02=values["9F02"],
+        tag_9f03=values["9F03"],
+        tag_9f1a=values["9F1A"],
+        tag_95=bytes(5),  # the TVR the GPO sent: nothing set before the card decided
+        tag_5f2a=values["5F2A"],
+        tag_9a=values["9A"],
+        tag_9c=values["9C"],
+        tag_9f37=values["9F37"],
+        tag_82=values["82"],
+        tag_9f36=values["9F36"],
+        cvr=values["9F10"][3:7],
     )
     labels = {
         kind: f"{prefix}-{suite.name.lower()}" for kind, prefix in (("ac", "imk-ac"), ("mac", "imk-mac"))
     }
+    pan, psn = result.pan, result.psn
     assert hsm.verify_arqc(
-        labels["ac"], tag_5a=pan, tag_5f34=psn, tag_9f36=tags["9F36"], data=ac_data, tag_9f26=tags["9F26"]
+        labels["ac"], tag_5a=pan, tag_5f34=psn, tag_9f36=values["9F36"], data=ac_data, tag_9f26=values["9F26"]
     )
     assert not hsm.verify_arqc(
-        labels["ac"], tag_5a=pan, tag_5f34=psn, tag_9f36=tags["9F36"], data=bytes(37), tag_9f26=tags["9F26"]
+        labels["ac"],
+        tag_5a=pan,
+        tag_5f34=psn,
+        tag_9f36=values["9F36"],
+        data=bytes(37),
+        tag_9f26=values["9F26"],
     )
     assert hsm.verify_iad_mac(
-        labels["mac"], tag_5a=pan, tag_5f34=psn, tag_9f36=tags["9F36"], tag_9f10=tags["9F10"]
+        labels["mac"], tag_5a=pan, tag_5f34=psn, tag_9f36=values["9F36"], tag_9f10=values["9F10"]
     )
-
-    # fDDA: CAPK (RID from the AID, index 8F) → issuer key (90) → ICC key (9F46 over the static data) → 9F4B
-    capk = hsm.get_capk(purchase.aid[:5], tags["8F"][0])
-    issuer = oda.recover_issuer_public_key(
-        capk, tags["90"], tags.get("92", b""), tags.get("9F32", b""), pan=pan
-    )
-    assert issuer.valid, issuer.reasons
-    icc = oda.recover_icc_public_key(
-        issuer.public_key,
-        tags["9F46"],
-        tags.get("9F48", b""),
-        tags.get("9F47", b""),
-        purchase.static_data(),
-        pan=pan,
-    )
-    assert icc.valid, icc.reasons
-    if TTQ.new(given["9F66"]).is_set("fdda_version_01_supported"):
-        assert tags["9F69"][0] == 0x01
-        terminal_data = oda.fdda_terminal_dynamic_data(
-            version=1,
-            tag_9f37=given["9F37"],
-            tag_9f02=given["9F02"],
-            tag_5f2a=given["5F2A"],
-            tag_9f69=tags["9F69"],
-        )
-    else:
-        terminal_data = oda.fdda_terminal_dynamic_data(version=0, tag_9f37=given["9F37"])
-    fdda = oda.verify_dynamic_signature(icc.public_key, tags["9F4B"], terminal_data, suite=suite)
-    assert fdda.valid, fdda.reasons
-    forged = oda.verify_dynamic_signature(
-        icc.public_key, tags["9F4B"], bytes(len(terminal_data)), suite=suite
-    )
-    assert not forged.valid
+    if tag_9f66 == "28000080":
+        assert values["9F69"][0] == 0x01  # fDDA version 01 was used
 
     # the electronic cash went down by the amount, as the card said in 9F5D
-    assert balance_after == BALANCE_FEN - PURCHASE_FEN
-    assert int(tags["9F5D"].hex()) == balance_after
+    assert balance_after == BALANCE_FEN - PURCHASE_FEN == result.balance_fen_after
+    assert result.batch_record is not None and result.batch_record.balance_fen_after == balance_after
     with InProcessTransport(
         load_card(path, hsm=hsm)
     ) as restarted:  # the card saved it: a new process sees it
-        assert read_balance_fen(restarted, aid=purchase.aid) == balance_after
+        assert read_balance_fen(restarted, aid=result.aid) == balance_after
 
 
 def test_card_serve_command_until_ctrl_c(pcsc, tmp_path):

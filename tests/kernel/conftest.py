@@ -40,6 +40,32 @@ PIN_CARD_CHANGES = {
     ),
 }
 PIN = "123456"  # the profiles' offline PIN
+# Velocity checking (Book 3 §10.6.3): lower (9F14) 0 and upper (9F23) 3 consecutive offline
+# transactions, in the first record.
+VELOCITY_CHANGES = {
+    'name = "pboc-debit-gm"': 'name = "velocity"',
+    'tags = ["57", "5F20"]': 'tags = ["57", "5F20", "9F14", "9F23"]',
+    '"9F07" = "FF00"': '"9F14" = "00"\n"9F23" = "03"\n"9F07" = "FF00"',
+}
+# An INTL card with Part 14: pboc-debit-intl plus the citizen card's transit file (SFI 15).
+CITIZEN_INTL_CHANGES = {
+    'name = "pboc-debit-intl"': 'name = "citizen-intl"',
+    'pdol_contactless = "9F66049F02069F03069F1A0295055F2A029A039C019F3704"': (
+        'pdol_contactless = "9F66049F02069F03069F1A0295055F2A029A039C019F3704DF6001DF6901"'
+    ),
+    'imk_enc = "imk-enc"\n': 'imk_enc = "imk-enc"\nimk_capp = "imk-capp"\n',
+}
+CITIZEN_INTL_PART14 = """
+[part14]
+indicator = "01"
+
+[[part14.files]]
+sfi = 0x15
+type = "variable"
+record_bytes = 64
+size_bytes = 1024
+use = "transit trip records"
+"""
 
 
 @dataclass
@@ -78,6 +104,24 @@ def issued_cards(hsm, tmp_path_factory) -> Callable[[str], Issued]:
         if suite not in made:
             directory = tmp_path_factory.mktemp(f"card-{suite.lower()}")
             profile: str | Path = PROFILES.get(suite, "")
+            if suite == "CITIZEN-INTL":  # the INTL debit card with the citizen card's trip file
+                from citycard.card.perso.profile import profiles_dir
+
+                text = (profiles_dir() / "pboc-debit-intl.toml").read_text(encoding="utf-8")
+                for old, new in CITIZEN_INTL_CHANGES.items():
+                    assert old in text, old
+                    text = text.replace(old, new)
+                profile = directory / "citizen-intl.toml"
+                profile.write_text(text + CITIZEN_INTL_PART14, encoding="utf-8")
+            if suite == "VELOCITY":  # a GM debit card that gives the terminal 9F14/9F23
+                from citycard.card.perso.profile import profiles_dir
+
+                text = (profiles_dir() / "pboc-debit-gm.toml").read_text(encoding="utf-8")
+                for old, new in VELOCITY_CHANGES.items():
+                    assert old in text, old
+                    text = text.replace(old, new)
+                profile = directory / "velocity.toml"
+                profile.write_text(text, encoding="utf-8")
             if suite == "PIN":
                 from citycard.card.perso.profile import profiles_dir
 

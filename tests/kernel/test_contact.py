@@ -53,7 +53,7 @@ class Issuer:
         self.scripts_72, self.scripts_71 = scripts_72, scripts_71
         self.requests: list[dict] = []
 
-    def authorise(self, field55, *, pan, psn, amount_fen, pin_block=None):
+    def authorise(self, field55, *, pan, psn, amount_fen, pin_block=None, tag_5f24=None, tag_57=None):
         if self.down:
             raise OnlineError("connection refused")
         values = decode_dict(field55)
@@ -445,3 +445,28 @@ def test_qpboc_arqc_is_authorised_online_through_the_acquirer(suite, new_card, c
         result = run_qpboc(transport, make_terminal(capks), amount_fen=BALANCE_FEN + 1, acquirer=issuer)
     assert result.kind is Outcome.APPROVED_ONLINE, result.reasons
     assert issuer.requests[0]["values"]["9F27"] == b"\x80"
+
+
+def test_velocity_checking_reads_the_counters_and_sets_the_tvr_bits(new_card, capks):
+    """Book 3 §10.6.3: 9F14/9F23 from the records, ATC (9F36) and last online ATC (9F13) by GET
+    DATA; ATC − last online ATC above a limit sets its bit; 9F13 = 0 sets "new card"."""
+    recorder = Recorder(new_card("VELOCITY", interface="contact"))
+    result = pay(recorder, make_terminal(capks))
+    sent = [command.hex().upper() for command, _ in recorder.pairs]
+    assert "80CA9F3600" in sent and "80CA9F1300" in sent
+    bits = TVR.decode(result.tvr)
+    assert "lower_consecutive_offline_limit_exceeded" in bits  # ATC 1 − 0 > 0
+    assert "upper_consecutive_offline_limit_exceeded" not in bits  # 1 − 0 ≤ 3
+    assert "new_card" in bits  # never online: 9F13 = 0
+    assert TSI.new(result.tsi).is_set("terminal_risk_management_performed")
+
+
+def test_velocity_upper_limit_after_offline_transactions(new_card, capks):
+    card = new_card("VELOCITY", interface="contact")
+    for _ in range(3):  # three transactions that never reach the issuer: the ATC moves, 9F13 stays 0
+        assert pay(card, make_terminal(capks)).kind is Outcome.ONLINE_REQUEST
+    result = pay(card, make_terminal(capks))
+    assert int.from_bytes(result.data["9F36"], "big") - 0 > 3
+    bits = TVR.decode(result.tvr)
+    assert "lower_consecutive_offline_limit_exceeded" in bits
+    assert "upper_consecutive_offline_limit_exceeded" in bits

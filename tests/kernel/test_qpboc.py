@@ -167,22 +167,3 @@ def test_citizen_card_without_part_14_pays_from_its_electronic_cash(new_card, te
     assert result.kind is Outcome.APPROVED_OFFLINE, result.reasons
     assert result.data["DF60"] == b"\x00"  # Part 14 is off by default
     assert result.balance_fen_after == BALANCE_FEN - 200
-
-
-def test_a_part_14_terminal_needs_a_sector_step(new_card, capks):
-    terminal = make_terminal(capks, profile=TerminalProfile(capp=True))
-    with InProcessTransport(new_card("CITIZEN")) as transport, pytest.raises(ValueError, match="sector_step"):
-        run_qpboc(transport, terminal, amount_fen=200)
-
-
-def test_a_part_14_terminal_sends_df60_and_runs_its_sector_step(new_card, capks):
-    seen = []
-
-    def sector_step(link, tx):
-        seen.append((tx.terminal["DF60"], tx.card.get("DF61")))
-
-    terminal = make_terminal(capks, profile=TerminalProfile(capp=True))
-    with InProcessTransport(new_card("CITIZEN")) as transport:
-        result = run_qpboc(transport, terminal, amount_fen=200, sector_step=sector_step)
-    assert seen and seen[0][0] == b"\x01" and seen[0][1]
-    assert result.kind is Outcome.APPROVED_OFFLINE, result.reasons

@@ -217,6 +217,7 @@ class Card:
         self.sealer = sealer
         self.perso_decryptor = perso_decryptor
         self.durable = durable
+        self.image_generation = 0  # the image generation last written or read (card/image.py)
         self._clock = clock or _utc_now
         self._card_blocked = bool(card_blocked)
         self._context = _Context(self, "contact")
@@ -289,13 +290,13 @@ class Card:
         return moment.astimezone(dt.UTC)
 
     def save(self) -> None:
-        """Write the image now (atomically) if the card has an image file."""
+        """Write the image now (the A/B journal, docs/card.md §2) if the card has an image file."""
         if self.image_path is None:
             return
-        from citycard.card.image import ImageTooLargeError, save_card  # image.py imports this module
+        from citycard.card.image import ImageTooLargeError, autosave  # image.py imports this module
 
         try:
-            save_card(self)
+            autosave(self)
         except ImageTooLargeError as exc:
             raise CardError(sw.NOT_ENOUGH_MEMORY, str(exc)) from None
 

@@ -1,26 +1,24 @@
 """`citycard bench card`: the virtual card's speed, in-process and through pcscd.
 
 Three medians: APDUs per second (read-only APDUs through :class:`InProcessTransport`), full qPBOC
-electronic-cash purchases per second (SELECT PPSE → SELECT AID → GPO → READ RECORDs, the card
-saving its image after the GPO as a real card writes its EEPROM), and the per-APDU round trip
+electronic-cash purchases per second (the terminal kernel's :func:`citycard.kernel.qpboc.run_qpboc`
+as a bus validator: SELECT PPSE → SELECT AID → GPO → READ RECORDs → fDDA, the card saving its
+image after the GPO as a real card writes its EEPROM), and the per-APDU round trip
 pyscard → pcscd → vpcd → :class:`VpcdBridge` → card when PC/SC is there (null otherwise).
 
 The card is personalised from a shipped profile into a temporary directory with an ephemeral HSM,
-its EC balance loaded for the run; nothing outside the temporary directory is touched.
-:func:`qpboc_ec_purchase` is the terminal's side of the purchase, shared with the PC/SC test.
+its EC balance loaded for the run; nothing outside the temporary directory is touched. There is one
+terminal code path: the kernel (no purchase sequence of its own here).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import json
-import secrets
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,16 +28,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from citycard.cli.bench import app
-from citycard.emv import TLVError, build_dol, decode, decode_dict, find, find_all, parse_dol
+from citycard.emv import decode_dict
 from citycard.reader.transport import Transport, status_word
 
 PPSE_NAME = b"2PAY.SYS.DDF01"
-TTQ_OFFLINE_ONLY = bytes.fromhex("28000000")  # 9F66: qPBOC, offline-only reader (pboc-notes §5.1)
-CHINA = bytes.fromhex("0156")  # 9F1A terminal country, 5F2A transaction currency
-CHINA_TIME = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
-MERCHANT_NAME = b"CITYCARD BUS 1".ljust(20)  # 9F4E
-AFL_ENTRY_BYTES = 4
-AFL_RECORDS_MAX = 64  # records one purchase reads; a longer AFL is refused
 SW_OK = 0x9000
 GET_DATA_9F79 = bytes.fromhex("80CA9F7900")  # EC balance
 
@@ -53,57 +45,20 @@ PCSC_ROUND_TRIPS = 1_000
 PCSC_ATTACH_S = 3.0  # pcscd polls a vpcd slot every ~400 ms
 
 
-class PurchaseError(RuntimeError):
-    """The card refused a step of the purchase: ``step`` and the status word say which and how."""
+class BalanceError(RuntimeError):
+    """The card refused a step of the balance inquiry: ``step`` and the status word say which."""
 
-    def __init__(self, step: str, sw: int, detail: str = ""):
-        super().__init__(f"{step}: card answered {sw:04X}{f' ({detail})' if detail else ''}")
+    def __init__(self, step: str, sw: int):
+        super().__init__(f"{step}: card answered {sw:04X}")
         self.step = step
         self.sw = sw
 
 
-@dataclass
-class QpbocPurchase:
-    """What the terminal learnt from one qPBOC purchase: enough to check the TC and the fDDA offline."""
-
-    aid: bytes
-    terminal: dict[str, bytes]  # the values the terminal offered for the PDOL, by tag
-    pdol_data: bytes
-    fci: dict[str, Any]  # SELECT AID answer, flat
-    gpo: dict[str, Any]  # GPO answer (template 77 or 80), flat
-    records: list[tuple[int, int, bytes, bool]] = field(
-        default_factory=list
-    )  # (SFI, record, 70 template, ODA)
-    apdus: int = 0
-
-    @property
-    def tags(self) -> dict[str, bytes]:
-        """Every primitive tag seen: records, then the GPO answer over them (the card's latest word)."""
-        out: dict[str, bytes] = {}
-        for _, _, template, _ in self.records:
-            out.update(decode_dict(template, flat=True))  # type: ignore[arg-type]
-        out.update(self.gpo)
-        return out
-
-    def static_data(self) -> bytes:
-        """Static data to authenticate (Book 3 §10.3): the ODA records in AFL order — for SFI 1–10 the
-        value of the 70 template, for SFI 11–30 the whole record — then the AIP when 9F4A lists 82."""
-        out = b""
-        for sfi, _, template, oda in self.records:
-            if oda:
-                out += decode(template)[0].value if sfi <= 10 else template
-        if self.tags.get("9F4A") == b"\x82":
-            out += self.gpo["82"]
-        return out
-
-
-def _exchange(transport: Transport, apdu: bytes, step: str, purchase: QpbocPurchase | None = None) -> bytes:
+def _exchange(transport: Transport, apdu: bytes, step: str) -> bytes:
     response = transport.transmit(apdu)
-    if purchase is not None:
-        purchase.apdus += 1
     sw = status_word(response)
     if sw != SW_OK:
-        raise PurchaseError(step, sw)
+        raise BalanceError(step, sw)
     return response[:-2]
 
 
@@ -111,93 +66,23 @@ def _select(name: bytes) -> bytes:
     return bytes([0x00, 0xA4, 0x04, 0x00, len(name)]) + name + b"\x00"
 
 
-def qpboc_ec_purchase(
-    transport: Transport,
-    *,
-    amount_fen: int,
-    tag_df69: bytes = b"\x01",
-    tag_9f66: bytes = TTQ_OFFLINE_ONLY,
-    tag_9f37: bytes | None = None,
-    when: dt.datetime | None = None,
-    aid: bytes | None = None,
-) -> QpbocPurchase:
-    """One offline qPBOC electronic-cash purchase, the terminal's APDUs (JR/T 0025.12; pboc-notes §5.2).
-
-    SELECT PPSE → SELECT AID (``aid``, or the highest-priority PPSE entry) → GPO with the PDOL data
-    (TTQ ``tag_9f66``, amount, country/currency 156, date, UN, ``tag_df69`` 00 INTL / 01 SM, …) →
-    READ RECORD for every AFL record. Checking the TC and the fDDA is the caller's business.
-    """
-    if not 0 < amount_fen < 10**12:
-        raise ValueError(f"amount must be 1 to 999999999999 fen, got {amount_fen}")
-    moment = (when or dt.datetime.now(dt.UTC)).astimezone(CHINA_TIME)
-    terminal = {
-        "9F66": tag_9f66,
-        "9F02": bytes.fromhex(f"{amount_fen:012d}"),
-        "9F03": bytes(6),
-        "9F1A": CHINA,
-        "95": bytes(5),
-        "5F2A": CHINA,
-        "9A": bytes.fromhex(moment.strftime("%y%m%d")),
-        "9F21": bytes.fromhex(moment.strftime("%H%M%S")),
-        "9C": b"\x00",
-        "9F37": tag_9f37 if tag_9f37 is not None else secrets.token_bytes(4),
-        "9F4E": MERCHANT_NAME,
-        "9F7A": b"\x01",
-        "DF60": b"\x00",
-        "DF69": tag_df69,
-    }
-    purchase = QpbocPurchase(aid=b"", terminal=terminal, pdol_data=b"", fci={}, gpo={})
-    try:
-        ppse = decode(_exchange(transport, _select(PPSE_NAME), "SELECT PPSE", purchase))
-        if aid is None:
-            entries = find_all(ppse, "61")
-            if not entries:
-                raise PurchaseError("SELECT PPSE", SW_OK, "no application in the PPSE")
-
-            def priority(entry: Any) -> int:
-                found = find(entry.children, "87")
-                return found.value[0] & 0x0F if found is not None and found.value else 15
-
-            chosen = min(entries, key=priority)
-            aid_object = find(chosen.children, "4F")
-            if aid_object is None:
-                raise PurchaseError("SELECT PPSE", SW_OK, "a PPSE entry without 4F")
-            aid = aid_object.value
-        purchase.aid = aid
-        purchase.fci = decode_dict(_exchange(transport, _select(aid), "SELECT AID", purchase), flat=True)
-        pdol = purchase.fci.get("9F38", b"")
-        purchase.pdol_data = build_dol(parse_dol(pdol), terminal) if pdol else b""
-        data = bytes([0x83, len(purchase.pdol_data)]) + purchase.pdol_data
-        gpo = _exchange(
-            transport, bytes([0x80, 0xA8, 0x00, 0x00, len(data)]) + data + b"\x00", "GPO", purchase
-        )
-        template = decode(gpo)[0]
-        if template.tag == "80":  # format 1: AIP ‖ AFL
-            purchase.gpo = {"82": template.value[:2], "94": template.value[2:]}
-        else:
-            purchase.gpo = decode_dict(gpo, flat=True)
-        afl = purchase.gpo.get("94", b"")
-        if len(afl) % AFL_ENTRY_BYTES:
-            raise PurchaseError("GPO", SW_OK, f"AFL of {len(afl)} bytes is not whole 4-byte entries")
-        for i in range(0, len(afl), AFL_ENTRY_BYTES):
-            sfi, first, last, oda_count = afl[i] >> 3, afl[i + 1], afl[i + 2], afl[i + 3]
-            for record in range(first, last + 1):
-                if len(purchase.records) >= AFL_RECORDS_MAX:
-                    raise PurchaseError("GPO", SW_OK, f"AFL lists more than {AFL_RECORDS_MAX} records")
-                apdu = bytes([0x00, 0xB2, record, (sfi << 3) | 0x04, 0x00])
-                answer = _exchange(transport, apdu, f"READ RECORD SFI {sfi} record {record}", purchase)
-                purchase.records.append((sfi, record, answer, record - first < oda_count))
-    except TLVError as exc:
-        raise PurchaseError("parsing the card's answer", SW_OK, str(exc)) from None
-    return purchase
-
-
 def read_balance_fen(transport: Transport, *, aid: bytes | None = None) -> int:
-    """The EC balance (GET DATA 9F79), in fen; ``aid`` is selected first when given."""
+    """The EC balance (GET DATA 9F79, pboc-notes §6), in fen; ``aid`` is selected first when given."""
     if aid is not None:
         _exchange(transport, _select(aid), "SELECT AID")
     value = decode_dict(_exchange(transport, GET_DATA_9F79, "GET DATA 9F79"), flat=True)["9F79"]
     return int(value.hex())  # type: ignore[union-attr]
+
+
+def bench_terminal(hsm: Any, suite: Any) -> Any:
+    """The kernel's bus validator (offline-only qPBOC, fDDA 01) with the shipped AID and CAPK tables
+    and ``hsm``'s test CAs; no exception file (``bench tap`` measures that one)."""
+    from citycard.kernel.context import Terminal, TerminalProfile
+    from citycard.kernel.params import AidTable, CapkTable
+
+    return Terminal(
+        TerminalProfile.bus_validator(suite=suite), AidTable.load(), CapkTable.load().with_hsm(hsm)
+    )
 
 
 # --- a card to measure -------------------------------------------------------------------------
@@ -259,7 +144,7 @@ def apdus_per_s(card: Any, aid: bytes, *, batch: int = APDU_BATCH, rounds: int =
         transmit = transport.transmit
         for command in mix:  # warm-up, and every answer must be 9000
             if status_word(transmit(command)) != SW_OK:
-                raise PurchaseError("APDU benchmark", status_word(transmit(command)), command.hex().upper())
+                raise BalanceError(f"APDU benchmark {command.hex().upper()}", status_word(transmit(command)))
 
         def one_round() -> None:
             for command in commands:
@@ -268,13 +153,21 @@ def apdus_per_s(card: Any, aid: bytes, *, batch: int = APDU_BATCH, rounds: int =
         return batch / _median_s(one_round, rounds)
 
 
-def purchases_per_s(card: Any, *, runs: int = PURCHASE_RUNS) -> float:
-    """Full qPBOC EC purchases per second in-process (1 fen each), the median of ``runs``."""
+def purchases_per_s(card: Any, terminal: Any, *, runs: int = PURCHASE_RUNS) -> float:
+    """Full qPBOC EC purchases per second through the kernel in-process (1 fen each, each approved
+    offline or the run stops), the median of ``runs``."""
+    from citycard.kernel.outcome import Outcome
+    from citycard.kernel.qpboc import run_qpboc
     from citycard.reader import InProcessTransport
 
-    with InProcessTransport(card) as transport:
-        qpboc_ec_purchase(transport, amount_fen=BENCH_AMOUNT_FEN)  # warm-up
-        return 1 / _median_s(lambda: qpboc_ec_purchase(transport, amount_fen=BENCH_AMOUNT_FEN), runs)
+    def purchase() -> None:
+        with InProcessTransport(card) as transport:
+            result = run_qpboc(transport, terminal, amount_fen=BENCH_AMOUNT_FEN)
+        if result.kind is not Outcome.APPROVED_OFFLINE:
+            raise RuntimeError(f"purchase ended {result.kind.value}: {'; '.join(result.reasons)}")
+
+    purchase()  # warm-up
+    return 1 / _median_s(purchase, runs)
 
 
 def pcsc_round_trip_ms(card: Any, aid: bytes, *, runs: int = PCSC_ROUND_TRIPS) -> tuple[float | None, str]:
@@ -309,15 +202,19 @@ def bench_card(json_output: bool) -> dict[str, Any]:
     hsm = SoftHSM.ephemeral()
     with tempfile.TemporaryDirectory(prefix="citycard-bench-card-") as directory:
         path, prepared = personalise_card(Path(directory), hsm)
+        terminal = bench_terminal(hsm, prepared.suites[0])
         steps: list[tuple[str, Callable[[], Any]]] = [
             (
                 "APDUs, read-only",
                 lambda: apdus_per_s(_contactless_card(path, hsm, saves=False), prepared.aid),
             ),
-            ("qPBOC EC purchases, image saved", lambda: purchases_per_s(_contactless_card(path, hsm))),
+            (
+                "qPBOC EC purchases, image saved",
+                lambda: purchases_per_s(_contactless_card(path, hsm), terminal),
+            ),
             (
                 "qPBOC EC purchases, no saves",
-                lambda: purchases_per_s(_contactless_card(path, hsm, saves=False)),
+                lambda: purchases_per_s(_contactless_card(path, hsm, saves=False), terminal),
             ),
             (
                 "APDU round trip through pcscd",

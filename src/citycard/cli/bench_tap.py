@@ -8,12 +8,16 @@ built once per run in a temporary directory and loaded back from the file), the 
 batch record. Each tap must end APPROVED_OFFLINE or the run stops.
 
 Latencies are per tap (``time.perf_counter``), after a warm-up; p50 and p99 are nearest-rank
-percentiles. The taps run twice: with the card saving its image after each state change (fsync —
-a real tap) and without saves (the card's write cost taken out), so the kernel's own cost shows.
+percentiles. The taps run three times: with the card saving its image after each state change into
+its A/B journal (one in-place write + ``fdatasync`` — a real tap, docs/card.md §2); with every save
+rewriting the whole base file the way image format /2 did (temp file, fsync, rename, directory
+fsync) — the "before" of the journal, measured in the same run; and without saves (the card's write
+cost taken out), so the kernel's own cost shows.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import tempfile
@@ -85,7 +89,7 @@ def run_taps(card: Any, terminal: Any, taps: int) -> list[float]:
 
 
 def bench_tap(suite: str, taps: int, blacklist_entries: int, *, json_output: bool) -> dict[str, Any]:
-    from citycard.card import load_card
+    from citycard.card import load_card, save_card
     from citycard.cli.bench_card import personalise_card
     from citycard.crypto.suite import GM, INTL
     from citycard.hsm import SoftHSM
@@ -110,14 +114,21 @@ def bench_tap(suite: str, taps: int, blacklist_entries: int, *, json_output: boo
         profile = TerminalProfile.bus_validator(suite={"gm": GM, "intl": INTL}[suite])
         terminal = Terminal(profile, AidTable.load(), CapkTable.load().with_hsm(hsm), exceptions)
         figures: dict[str, list[float]] = {}
-        for label, saves in (("with image saves", True), ("without saves", False)):
+        for label, saves in (
+            ("with image saves", "journal"),
+            ("with base-file saves (format /2)", "base"),
+            ("without saves", None),
+        ):
             progress.update(task, description=f"{taps:,} taps {label}", total=None, completed=0)
             card = load_card(path, hsm=hsm)
             card.interface = "contactless"
-            if not saves:
+            if saves is None:
                 card.image_path = None  # the card's save() then does nothing
+            elif saves == "base":
+                card.save = functools.partial(save_card, card)  # every save a whole durable base write
             figures[label] = run_taps(card, terminal, taps)
     saved, unsaved = figures["with image saves"], figures["without saves"]
+    base = figures["with base-file saves (format /2)"]
     result = {
         "taps": taps,
         "p50_ms": round(percentile_ms(saved, 50), 3),
@@ -127,6 +138,10 @@ def bench_tap(suite: str, taps: int, blacklist_entries: int, *, json_output: boo
         "without_saves": {
             "p50_ms": round(percentile_ms(unsaved, 50), 3),
             "p99_ms": round(percentile_ms(unsaved, 99), 3),
+        },
+        "base_file_saves": {
+            "p50_ms": round(percentile_ms(base, 50), 3),
+            "p99_ms": round(percentile_ms(base, 99), 3),
         },
     }
     if not json_output:
@@ -158,8 +173,9 @@ def tap_command(
 ) -> None:
     """Full qPBOC electronic-cash taps in-process (card + kernel, fDDA, blacklist of 1,000,000).
 
-    Prints {"taps": N, "p50_ms": X, "p99_ms": X, ...} for taps with the card saving its image, and
-    the same figures without saves under "without_saves".
+    Prints {"taps": N, "p50_ms": X, "p99_ms": X, ...} for taps with the card saving its image (A/B
+    journal), the same figures without saves under "without_saves" and with whole base-file saves
+    (the format /2 way) under "base_file_saves".
 
     Example: citycard bench tap --suite gm --json
     """

@@ -7,6 +7,9 @@ import sys
 import typer
 
 from citycard.cli import bench, card, crypto, hsm, oda, selftest, terminal, terminal_params, tlv
+from citycard.cli import host as host_cli
+from citycard.cli import ledger as ledger_cli
+from citycard.cli import switch as switch_cli
 from citycard.cli.common import EXIT_BAD_INPUT
 
 # Typer ≥ 0.29 vendors Click privately; reach its UsageError through a public subclass so this
@@ -28,6 +31,9 @@ app.add_typer(hsm.app, name="hsm")
 terminal.app.add_typer(terminal_params.blacklist_app, name="blacklist")
 app.add_typer(terminal.app, name="terminal")
 app.add_typer(bench.app, name="bench")
+app.add_typer(ledger_cli.app, name="ledger")
+app.add_typer(host_cli.app, name="host")
+app.add_typer(switch_cli.app, name="switch")
 app.command(name="selftest")(selftest.selftest)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from citycard.crypto import cryptogram, iad, oda, script
 from citycard.crypto.keys import adjust_odd_parity, derive_card_key, key_check_value, session_key
 from citycard.crypto.suite import Suite
+from citycard.hsm.capp import CappOperations
 from citycard.hsm.cardimage import CardImageOperations, aes_key_check_value
 from citycard.hsm.certificates import CertificateOperations, decode_private_key, public_fingerprint
 from citycard.hsm.keyexchange import KeyExchangeOperations
@@ -70,7 +71,9 @@ class CardKeys(dict[str, bytes]):
     __str__ = __repr__
 
 
-class SoftHSM(CertificateOperations, CardImageOperations, PinOperations, KeyExchangeOperations):
+class SoftHSM(
+    CertificateOperations, CardImageOperations, PinOperations, KeyExchangeOperations, CappOperations
+):
     """A software HSM over a :class:`KeyStore`. Build it with :meth:`open` or :meth:`ephemeral`.
 
     Symmetric operations are here; test CAs, issuer keys, certificates and CAPKs come from

@@ -15,6 +15,10 @@ Codes — pboc-notes §10 [S24] unless marked:
 * reversal 0400: the original's fields with the same STAN (CUPS POS matches on it), F39 = reason.
 * sign-on 0800 / F60.1 00 / F60.3 003 (double-length keys); echo 0800 / F60.3 301 — UNCERTAIN
   (ISO puts the network management code in F70, which this spec does not use).
+* key exchange on demand 0800 / F60.3 101 (new PIK/MAK in F62 of the 0810, as sign-on) — UNCERTAIN:
+  ISO 8583 uses network management code 161 in F70; CUPS hosts usually force a new sign-on instead.
+* settlement totals 0500 / F60.1 00 / F60.3 201 (批结算), totals in F63 as :func:`settlement_totals`
+  lays them out — UNCERTAIN: CUPS carries the totals in F48, which this spec does not define.
 """
 
 from __future__ import annotations
@@ -52,7 +56,11 @@ KINDS: dict[str, Kind] = {
     "ec_load": Kind("ec_load", "0200", "600000", "45", (*_FINANCIAL, "55")),
     "advice": Kind("advice", "0220", "000000", "36", (*_FINANCIAL, "55")),
     "reversal": Kind("reversal", "0400", None, "", ("3", "4", "11", "39", "41", "42", "60")),
+    "key_exchange": Kind("key_exchange", "0800", None, "00", ("11", "41", "42", "60"), mgmt_code="101"),
+    "settlement": Kind("settlement", "0500", None, "00", ("11", "41", "42", "60", "63"), mgmt_code="201"),
 }
+SETTLEMENT_COUNT_MAX = 999  # n3 per direction in the F63 totals
+SETTLEMENT_TOTALS_CHARS = 30  # debit count n3, debit amount n12, credit count n3, credit amount n12
 # Fields a response copies from its request (the acquirer matches the pair on these).
 ECHOED = ("2", "3", "4", "11", "12", "13", "25", "32", "33", "37", "41", "42", "49", "60")
 
@@ -128,7 +136,7 @@ def _base(kind: Kind, terminal: Terminal, stan: int, when: datetime) -> dict[str
 
 
 def network(kind_name: str, *, terminal: Terminal, stan: int, when: datetime) -> dict[str, Any]:
-    """0800 sign-on (``"sign_on"``) or echo test (``"echo"``)."""
+    """0800 sign-on (``"sign_on"``), key exchange (``"key_exchange"``) or echo test (``"echo"``)."""
     kind = KINDS[kind_name]
     if kind.mti != "0800":
         raise ValueError(f"{kind_name} is not a network management message")
@@ -175,6 +183,41 @@ def financial(
     return fields
 
 
+def settlement_totals(*, debit_count: int, debit_fen: int, credit_count: int = 0, credit_fen: int = 0) -> str:
+    """F63 of a 0500: debit count n3 ‖ debit amount n12 ‖ credit count n3 ‖ credit amount n12 (UNCERTAIN).
+
+    >>> settlement_totals(debit_count=2, debit_fen=1500)
+    '002000000001500000000000000000'
+    """
+    for name, count in (("debit", debit_count), ("credit", credit_count)):
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= SETTLEMENT_COUNT_MAX:
+            raise Iso8583Error(f"{name} count must be an integer 0..{SETTLEMENT_COUNT_MAX}", field="63")
+    return f"{debit_count:03d}{amount_field(debit_fen)}{credit_count:03d}{amount_field(credit_fen)}"
+
+
+def parse_settlement_totals(fields: dict[str, Any]) -> dict[str, int]:
+    """F63 totals of a 0500 back to ``{"debit_count", "debit_fen", "credit_count", "credit_fen"}``."""
+    value = fields.get("63")
+    if not isinstance(value, str) or len(value) != SETTLEMENT_TOTALS_CHARS or not value.isdigit():
+        raise Iso8583Error(
+            f"settlement totals must be {SETTLEMENT_TOTALS_CHARS} digits, got {value!r}", field="63"
+        )
+    return {"debit_count": int(value[0:3]), "debit_fen": int(value[3:15]),
+            "credit_count": int(value[15:18]), "credit_fen": int(value[18:30])}  # fmt: skip
+
+
+def settlement(
+    *, terminal: Terminal, stan: int, when: datetime, debit_count: int, debit_fen: int,
+    credit_count: int = 0, credit_fen: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """0500 settlement totals of the terminal's batch (F60.2) — the 0510 answers 00 when they agree."""
+    fields = _base(KINDS["settlement"], terminal, stan, when)
+    fields["63"] = settlement_totals(
+        debit_count=debit_count, debit_fen=debit_fen, credit_count=credit_count, credit_fen=credit_fen
+    )
+    return fields
+
+
 def reversal(original: dict[str, Any], *, reason: str = "98") -> dict[str, Any]:
     """0400 reversal of a 0100/0200 request: its fields (same STAN), minus PIN and MAC, F39 = reason.
 
@@ -217,7 +260,7 @@ def classify(fields: dict[str, Any]) -> Kind:
     candidates = [k for k in KINDS.values() if k.mti == request_mti]
     if not candidates:
         raise Iso8583Error(f"MTI {mti} is not a supported message", field="t")
-    if request_mti == "0800":
+    if request_mti in ("0800", "0500"):
         matches = [k for k in candidates if f60[8:11] == k.mgmt_code]
         field = "60"
     elif request_mti == "0400":

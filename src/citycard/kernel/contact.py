@@ -672,6 +672,8 @@ def _authorise(state: ContactState, tx: Transaction) -> IssuerResponse | None:
             psn=tx.psn,
             amount_fen=tx.amount_fen,
             pin_block=state.online_pin_block,
+            tag_5f24=tx.card.get("5F24"),
+            tag_57=tx.card.get("57"),
         )
         response = parse_issuer_response(arc, ic_data)
     except OnlineError as exc:

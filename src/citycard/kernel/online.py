@@ -38,10 +38,19 @@ class IssuerResponse:
 
 class AcquirerLink(Protocol):
     def authorise(
-        self, field55: bytes, *, pan: str, psn: str | None, amount_fen: int, pin_block: bytes | None = None
+        self,
+        field55: bytes,
+        *,
+        pan: str,
+        psn: str | None,
+        amount_fen: int,
+        pin_block: bytes | None = None,
+        tag_5f24: bytes | None = None,
+        tag_57: bytes | None = None,
     ) -> tuple[bytes, bytes]:
-        """Send the request (``pin_block``: the enciphered online PIN, field 52); return (ARC 8A,
-        2 bytes; the response IC data TLV: 91, 71, 72).
+        """Send the request (``pin_block``: the enciphered online PIN, field 52; ``tag_5f24`` the
+        expiry date for F14, ``tag_57`` track 2 equivalent data for F35, when the card gave them);
+        return (ARC 8A, 2 bytes; the response IC data TLV: 91, 71, 72).
 
         Raises :class:`OnlineError` when the acquirer cannot be reached.
         """

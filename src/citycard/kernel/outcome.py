@@ -149,6 +149,8 @@ class Result:
     balance_fen_after: int | None = None  # 9F5D on an offline EC approval
     authorisation_response_code: bytes | None = None  # 8A from the issuer (online)
     script_results: bytes = b""  # DF31
+    capp_record_read: bytes | None = None  # Part 14: the record before this tap (READ CAPP DATA)
+    capp_record_written: bytes | None = None  # Part 14: the record committed with the fare
     data: dict[str, bytes] = field(default_factory=dict)  # every terminal and card value at the end
 
     @property
@@ -187,6 +189,10 @@ class Result:
                 else None
             ),
             "script_results": self.script_results.hex().upper(),
+            "capp_record_read": self.capp_record_read.hex().upper() if self.capp_record_read else None,
+            "capp_record_written": (
+                self.capp_record_written.hex().upper() if self.capp_record_written else None
+            ),
             "field55": self.field55.hex().upper(),
             "batch_record": self.batch_record.as_dict() if self.batch_record else None,
             "steps": [{"step": s.name, "detail": s.detail, "at_ms": round(s.at_ms, 3)} for s in self.steps],

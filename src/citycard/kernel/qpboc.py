@@ -24,17 +24,21 @@ Steps, in order (each a small function over the :class:`Transaction`):
    fails" on a reader with contact → TRY_ANOTHER_INTERFACE, else DECLINED), the **exception
    file** (PAN + PSN → TVR "card on exception file", DECLINED), then APPROVED_OFFLINE with the
    batch record. CTQ "signature required" records a signature CVM in 9F34.
+
+Part 14 (:mod:`.capp`): with a terminal file and a record to write (``capp``) and a card that offers
+Part 14, READ CAPP DATA runs before GPO (DF60 = 01 then) and UPDATE CAPP DATA CACHE after every
+offline check has passed, so the trip record and the fare commit together or not at all.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from citycard.crypto.iad import parse_iad
 from citycard.emv.bits import CTQ, CVR, TTQ, Bits
 from citycard.emv.dol import DOLError
+from citycard.kernel import capp as part14
 from citycard.kernel import oda, records, selection
 from citycard.kernel.card_link import CardGoneError, CardLink, CardLinkError, parse_template
 from citycard.kernel.context import Terminal, Transaction, fen, n12
@@ -50,8 +54,6 @@ CID_TC, CID_ARQC, CID_AAC = 0x40, 0x80, 0x00
 CVM_SIGNATURE = bytes.fromhex("1E0000")  # 9F34: signature, always, result unknown (Book 4 A4)
 CVM_ONLINE_PIN = bytes.fromhex("020000")  # 9F34: enciphered PIN online
 CVR_FIRST_GAC = {"first_gac_returned_aac": CID_AAC, "first_gac_returned_tc": CID_TC}
-
-SectorStep = Callable[[CardLink, Transaction], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +248,12 @@ def _online(tx: Transaction, acquirer: AcquirerLink | None, why: str) -> None:
         raise Stop(Outcome.END_APPLICATION, "online request without a PAN (5A or 57)")
     try:
         arc, ic_data = acquirer.authorise(
-            field55(_field55_values(tx)), pan=pan, psn=tx.psn, amount_fen=tx.amount_fen
+            field55(_field55_values(tx)),
+            pan=pan,
+            psn=tx.psn,
+            amount_fen=tx.amount_fen,
+            tag_5f24=tx.card.get("5F24"),
+            tag_57=tx.card.get("57"),
         )
         response = parse_issuer_response(arc, ic_data)
     except OnlineError as exc:
@@ -291,11 +298,13 @@ def _flow(
     tx: Transaction,
     terminal: Terminal,
     acquirer: AcquirerLink | None,
-    sector_step: SectorStep | None,
+    capp: tuple[part14.CappWrite, part14.CappSigner] | None,
 ) -> None:
     allowed = _pre_process_all(tx, terminal)
     chosen = _select(link, tx, terminal, allowed)
     _terminal_data(tx, chosen)
+    if capp is not None and part14.offered(tx):
+        part14.read_capp_data(link, tx, capp[0])
     cid = gpo(link, tx)
     _cvm(tx, cid)
     if cid == CID_AAC:
@@ -308,12 +317,17 @@ def _flow(
         tx.tvr.set("icc_data_missing")
         raise Stop(Outcome.END_APPLICATION, "missing mandatory data: PAN (5A or 57)")
     records.require(tx, TC_MANDATORY, "an offline approval")
-    if sector_step is not None:
-        sector_step(link, tx)  # e.g. the Part 14 cache update, while the card is still in the field
     processing_restrictions(tx)
     if not oda.fdda(tx, terminal.capks):
         _online_or(tx, "go_online_if_oda_fails", "fDDA failed")
     exception_file(tx, terminal)
+    if tx.terminal["DF60"] == b"\x01":
+        if capp is None:
+            raise AssertionError("DF60 = 01 without a Part 14 record to write")
+        part14.update_capp_data_cache(link, tx, *capp)  # last: the card commits here
+        raise Stop(
+            Outcome.APPROVED_OFFLINE, "approved offline by the card (TC), fDDA passed, trip record written"
+        )
     raise Stop(Outcome.APPROVED_OFFLINE, "approved offline by the card (TC), fDDA passed")
 
 
@@ -326,20 +340,20 @@ def run_qpboc(
     unpredictable_number: bytes | None = None,
     transaction_type: int = 0x00,
     acquirer: AcquirerLink | None = None,
-    sector_step: SectorStep | None = None,
+    capp: part14.CappWrite | None = None,
+    capp_signer: part14.CappSigner | None = None,
 ) -> Result:
     """One qPBOC transaction with the card behind ``transport`` (see the module note).
 
-    ``sector_step(link, tx)`` runs after the records are read, while the card is still in the
-    field — e.g. a transit program's Part 14 UPDATE CAPP DATA CACHE. A Part 14 terminal
-    (``profile.capp``) must give one: with DF60 = 01 the card holds the purchase until its cache is
-    updated (docs/card.md §5), so an approval without it would be an approval the card never made.
-    The step may raise :class:`~citycard.kernel.outcome.Stop` (e.g. DECLINED when the update fails).
+    ``capp`` (the Part 14 file, record ID and the record to write) and ``capp_signer`` (the
+    operator's MAC) make a Part 14 tap (:mod:`.capp`). A Part 14 terminal (``profile.capp``) must
+    give both: with DF60 = 01 the card holds the purchase until its cache is updated
+    (docs/card.md §5), so an approval without the update would be one the card never made.
     """
-    if terminal.profile.capp and sector_step is None:
-        raise ValueError(
-            "a Part 14 terminal (profile.capp) needs a sector_step that updates the CAPP data cache"
-        )
+    if terminal.profile.capp and (capp is None or capp_signer is None):
+        raise ValueError("a Part 14 terminal (profile.capp) needs capp (file, record) and capp_signer")
+    if (capp is None) != (capp_signer is None):
+        raise ValueError("give capp and capp_signer together")
     tx = Transaction.new(
         terminal.profile,
         amount_fen=amount_fen,
@@ -351,7 +365,7 @@ def run_qpboc(
     link = CardLink(transport)
     try:
         transport.connect()
-        _flow(link, tx, terminal, acquirer, sector_step)
+        _flow(link, tx, terminal, acquirer, (capp, capp_signer) if capp and capp_signer else None)
     except Stop as stop:
         return finish(tx, stop)
     except CardGoneError as exc:
@@ -395,6 +409,8 @@ def finish(tx: Transaction, stop: Stop) -> Result:
     ic_data = field55(values) if "9F26" in tx.card else b""
     batch = _batch_record(tx, values, ic_data) if stop.kind is Outcome.APPROVED_OFFLINE else None
     cid = values.get("9F27")
+    # A Part 14 purchase the card never committed (no cache update): its 9F5D did not happen.
+    uncommitted = tx.terminal.get("DF60") == b"\x01" and tx.capp_written is None
     return Result(
         kind=stop.kind,
         reasons=tuple(tx.reasons),
@@ -411,8 +427,10 @@ def finish(tx: Transaction, stop: Stop) -> Result:
         cid=cid[0] if cid else None,
         field55=ic_data,
         batch_record=batch,
-        balance_fen_after=_amount(tx.card.get("9F5D")),
+        balance_fen_after=None if uncommitted else _amount(tx.card.get("9F5D")),
         authorisation_response_code=tx.terminal.get("8A"),
         script_results=tx.terminal.get("DF31", b""),
+        capp_record_read=tx.capp_read,
+        capp_record_written=tx.capp_written,
         data=values,
     )

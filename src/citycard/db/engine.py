@@ -1,0 +1,151 @@
+"""Database URLs, engines and write transactions for SQLite and PostgreSQL (DESIGN §3 Persistence).
+
+SQLite is the embedded default (one file under the data dir); PostgreSQL is chosen by
+``CITYCARD_DATABASE_URL``. The engine settings are the ones that make "nothing lost on a crash,
+nothing applied twice" hold on each backend; see ``docs/ledger.md`` (Concurrency).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+DATABASE_URL_ENV = "CITYCARD_DATABASE_URL"
+DATA_DIR_ENV = "CITYCARD_DATA_DIR"
+DEFAULT_DATA_DIR = Path("~/.local/share/citycard")
+SQLITE_FILE_NAME = "citycard.db"
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for the write lock before "database is locked"
+SQLITE_POOL_SIZE = 8
+PG_POOL_SIZE = 10  # steady connections per engine (per process)
+PG_POOL_MAX_OVERFLOW = 20  # extra connections under a burst, closed when returned
+PG_POOL_TIMEOUT_S = 30  # wait for a free connection before failing
+PG_CONNECT_TIMEOUT_S = 10
+POOL_RECYCLE_S = 1_800  # replace connections older than this (server-side idle timeouts)
+
+# Execution option that marks a transaction as read-only: SQLite then starts it with a deferred
+# BEGIN, so readers do not queue behind the writer (WAL lets them read a consistent snapshot).
+READ_ONLY_OPTION = "citycard_read_only"
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL URLs that name no driver.
+
+    >>> normalize_url("postgresql://root@127.0.0.1:5432/test")
+    'postgresql+psycopg://root@127.0.0.1:5432/test'
+    >>> normalize_url("sqlite:////tmp/x.db")
+    'sqlite:////tmp/x.db'
+    """
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def database_url(data_dir: Path | None = None) -> str:
+    """``CITYCARD_DATABASE_URL`` if set, otherwise the SQLite file ``citycard.db`` in the data dir.
+
+    The data dir is ``data_dir``, else ``CITYCARD_DATA_DIR``, else ``~/.local/share/citycard``.
+    """
+    env_url = os.environ.get(DATABASE_URL_ENV, "").strip()
+    if env_url:
+        return normalize_url(env_url)
+    if data_dir is None:
+        data_dir = Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+    path = Path(data_dir).expanduser().resolve() / SQLITE_FILE_NAME
+    return f"sqlite:///{path}"
+
+
+def make_engine(url: str, *, pre_ping: bool = True, echo: bool = False) -> Engine:
+    """An engine configured for safe concurrent writes on SQLite or PostgreSQL.
+
+    SQLite: WAL journal, ``synchronous=FULL`` (a committed transaction survives power loss),
+    ``foreign_keys=ON``, a busy timeout, and every write transaction opened with ``BEGIN IMMEDIATE``
+    (SQLAlchemy's pysqlite recipe) so the write lock is taken up front: two writers never both hold
+    a read lock and deadlock on the upgrade. PostgreSQL: psycopg 3, a bounded pool, READ COMMITTED
+    (the ledger's row-level ``UPDATE … RETURNING`` makes that sufficient; see docs/ledger.md).
+    ``pre_ping`` checks a pooled connection before use (one round trip) so a restarted server
+    costs no failed transaction; benchmarks may turn it off.
+    """
+    url = normalize_url(url)
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url, echo=echo)
+    if backend == "postgresql":
+        return create_engine(
+            url,
+            echo=echo,
+            isolation_level="READ COMMITTED",
+            pool_size=PG_POOL_SIZE,
+            max_overflow=PG_POOL_MAX_OVERFLOW,
+            pool_timeout=PG_POOL_TIMEOUT_S,
+            pool_recycle=POOL_RECYCLE_S,
+            pool_pre_ping=pre_ping,
+            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "citycard"},
+        )
+    raise ValueError(f"unsupported database backend {backend!r} in URL (use sqlite or postgresql)")
+
+
+def _sqlite_engine(url: str, *, echo: bool) -> Engine:
+    database = make_url(url).database
+    if not database or database == ":memory:" or "mode=memory" in url:
+        # Each pooled connection would open its own empty database: writes would seem to vanish.
+        raise ValueError(
+            "in-memory SQLite is not supported (each connection sees its own database); use a file"
+        )
+    if not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        echo=echo,
+        pool_size=SQLITE_POOL_SIZE,
+        max_overflow=SQLITE_POOL_SIZE,
+        pool_recycle=POOL_RECYCLE_S,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Stop pysqlite from issuing its own BEGIN (and from committing before DDL): the "begin"
+        # listener below decides how each transaction starts.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get(READ_ONLY_OPTION):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A ``Connection`` inside a write transaction: commit on success, roll back on an exception."""
+    with engine.begin() as conn:
+        yield conn
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A ``Connection`` inside a read-only transaction (deferred BEGIN on SQLite); rolled back at the end."""
+    with engine.connect() as conn:
+        conn.execution_options(**{READ_ONLY_OPTION: True})
+        with conn.begin() as trans:
+            yield conn
+            trans.rollback()

@@ -1,0 +1,377 @@
+"""The issuer host: ISO 8583 requests in, responses out, one database transaction per batch.
+
+:meth:`IssuerHost.process_batch` takes decoded field dicts (``citycard.iso8583.message.decode``)
+and answers each, in order. Per batch: one query for already-answered keys and early reversals,
+one for the cards (locked ``FOR UPDATE`` on PostgreSQL, in PAN order so two batches never
+deadlock; SQLite writers are serialised by ``BEGIN IMMEDIATE``), one for balances, one for queued
+scripts only when a card has some; then the participants (:mod:`.participants`) run in memory;
+then one ``post_many`` and executemany writes; then the commit. Responses leave only after the
+commit. If the batch attempt fails, each message is retried alone, so one bad message cannot
+sink the others. Administration is in :mod:`.admin`, reversals and advices in :mod:`.related`,
+field checks and the stored answer in :mod:`.wire`.
+
+Idempotency: a request whose key (F32:F41:F11:F7:MTI) was answered before gets the stored answer
+and nothing is applied again; the unique key makes two racing copies safe too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, insert, literal, select, union_all, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from citycard.db import write_transaction
+from citycard.emv.tlv import encode_one
+from citycard.host.issuer import codes, tables
+from citycard.host.issuer.admin import PSN_MAX, IssuerAdmin
+from citycard.host.issuer.config import SUITES_BY_NAME, IssuerConfig
+from citycard.host.issuer.context import Batch, CardState, Message
+from citycard.host.issuer.participants import (
+    CHECKS,
+    DEBIT_KINDS,
+    EC_LOAD_KIND,
+    Env,
+    arpc_and_scripts,
+    auth_code,
+    request_amount,
+)
+from citycard.host.issuer.related import EARLY_REVERSAL_WINDOW, RELATED_KINDS, RelatedMessages
+from citycard.host.issuer.wire import (
+    field_problem,
+    format_error_response,
+    message_key,
+    pack_response,
+    unpack_response,
+)
+from citycard.hsm import SoftHSM
+from citycard.iso8583 import builders
+from citycard.iso8583.message import Iso8583Error
+from citycard.ledger import AccountKind, LedgerError, balances, bulk, open_account, post_many, reverse
+
+log = logging.getLogger(__name__)
+
+BATCH_MESSAGES_MAX = 500  # below ledger.POSTINGS_PER_BATCH_MAX; the server batches far fewer
+FINANCIAL_KINDS = DEBIT_KINDS | {EC_LOAD_KIND}
+NETWORK_KINDS = frozenset({"sign_on", "echo"})
+# The card columns a batch writes back; on PostgreSQL in one UPDATE … FROM unnest(…) (ledger.bulk).
+CARD_STATE_COLUMNS = ("pin_tries", "atc_max", "ec_balance_fen", "day", "day_total_fen", "scripts_pending")
+_PG_CARD_UPDATE = bulk.update_sql(tables.cards, "id", CARD_STATE_COLUMNS)
+
+
+class IssuerHost(IssuerAdmin, RelatedMessages):
+    """One bank's issuer host over a database engine and an HSM (see the module note)."""
+
+    def __init__(self, config: IssuerConfig, *, engine: Engine, hsm: SoftHSM):
+        self.config = config
+        self.engine = engine
+        self.hsm = hsm
+        self._env = Env(config, hsm)
+        self._known_accounts: set[str] = set()  # ledger accounts known to exist (after a commit)
+
+    def __repr__(self) -> str:
+        return f"IssuerHost({self.config.name}, bins={','.join(self.config.bins)})"
+
+    # --- the pipeline ---------------------------------------------------------------------------
+    def process_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Answer ``requests`` in order, one database transaction for all (see the module note)."""
+        if len(requests) > BATCH_MESSAGES_MAX:
+            raise ValueError(f"a batch holds at most {BATCH_MESSAGES_MAX} messages, got {len(requests)}")
+        if not requests:
+            return []
+        try:
+            return self._attempt(requests)
+        except Exception as exc:  # noqa: BLE001 — whatever sank the batch, each message gets its own try
+            if len(requests) == 1:
+                return [self._failed(requests[0], exc)]
+            log.warning(
+                "issuer %s: batch of %d failed (%s: %s); retrying one by one",
+                self.config.name,
+                len(requests),
+                type(exc).__name__,
+                exc,
+            )
+        return [self._attempt_one(request) for request in requests]
+
+    def _attempt_one(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._attempt([request])[0]
+        except Exception as exc:  # noqa: BLE001 — the server must get an answer for every request
+            return self._failed(request, exc)
+
+    def _failed(self, request: dict[str, Any], exc: Exception) -> dict[str, Any]:
+        expected = isinstance(exc, SQLAlchemyError | LedgerError)  # the database or a ledger refusal
+        (log.warning if expected else log.exception)(
+            "issuer %s: message %s failed: %s: %s",
+            self.config.name,
+            message_key(request),
+            type(exc).__name__,
+            exc,
+        )
+        return self._system_error(request)
+
+    def _system_error(self, request: dict[str, Any]) -> dict[str, Any]:
+        """RC 96, stored nowhere: the acquirer may send the request again."""
+        try:
+            return builders.response(request, codes.SYSTEM_MALFUNCTION)
+        except Iso8583Error:
+            return format_error_response(request)
+
+    def _attempt(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        batch = Batch(now=dt.datetime.now(dt.UTC))
+        messages = [self._parse(i, request) for i, request in enumerate(requests)]
+        with write_transaction(self.engine) as conn:
+            self._load_answered(conn, messages)
+            live = [m for m in messages if not m.duplicate and m.response is None]
+            self._load_cards(conn, batch, live)
+            for msg in live:
+                self._run(msg, batch)
+            self._finish_pending(conn, batch, live)
+            for msg in live:
+                self._respond(msg)
+            self._write(conn, batch, messages)
+        self._known_accounts |= set(batch.new_accounts)
+        for msg in messages:
+            if msg.duplicate_of is not None:
+                msg.response = msg.duplicate_of.response
+        return [msg.response for msg in messages]  # type: ignore[misc]
+
+    # --- before: parse, answered keys, cards ------------------------------------------------------
+    def _parse(self, index: int, request: dict[str, Any]) -> Message:
+        msg = Message(index, request)
+        try:
+            problem = field_problem(request)
+            if problem is not None:
+                raise Iso8583Error(problem)
+            msg.kind = builders.classify(request)
+        except Iso8583Error as exc:
+            msg.decline(codes.FORMAT_ERROR, str(exc))
+            msg.store = False
+            msg.response = format_error_response(request)
+            return msg
+        if msg.kind.mti != request["t"]:
+            msg.decline(codes.FORMAT_ERROR, "a response is not a request")
+            msg.store = False
+            msg.response = format_error_response(request)
+            return msg
+        msg.key = message_key(request)
+        if msg.kind.name in NETWORK_KINDS or msg.kind.name not in (*FINANCIAL_KINDS, *RELATED_KINDS):
+            msg.store = False
+            rc = codes.APPROVED if msg.kind.name in NETWORK_KINDS else codes.INVALID_TRANSACTION
+            msg.decline(rc, f"{msg.kind.name} is not the issuer's to answer")
+            msg.response = builders.response(request, rc)
+            return msg
+        if msg.kind.name in FINANCIAL_KINDS:
+            msg.triple = (request["41"], request["42"], request["11"])
+        pan = request.get("2")
+        if isinstance(pan, str) and pan.isdigit():
+            msg.pan = pan
+        psn = request.get("23")
+        if isinstance(psn, str) and psn.isdigit() and int(psn) <= PSN_MAX:
+            msg.psn = int(psn)
+        if msg.kind.name in FINANCIAL_KINDS and msg.psn is None:
+            msg.decline(codes.FORMAT_ERROR, "field 23 (PSN) missing")
+        if msg.kind.name in (*FINANCIAL_KINDS, "advice"):
+            request_amount(msg)
+        return msg
+
+    def _load_answered(self, conn: Connection, messages: list[Message]) -> None:
+        """One query for two things: requests answered before (they get the stored answer) and
+        reversals that found no original (their late original is declined 22, so an authorisation
+        the acquirer gave up on is never approved behind its reversal). A second copy inside the
+        batch gets the first copy's answer."""
+        keys = sorted({m.key for m in messages if m.key is not None and m.store})
+        if not keys:
+            return
+        m = tables.messages.c
+        columns = (m.key, m.response, m.terminal_id, m.merchant_id, m.stan)
+        answered = select(*columns, literal(False).label("early")).where(m.key.in_(keys))
+        triples = {msg.triple for msg in messages if msg.triple is not None}
+        query: Any = answered
+        if triples:
+            early = select(*columns, literal(True).label("early")).where(
+                m.issuer == self.config.name,
+                m.mti == "0400",
+                m.rc == codes.ORIGINAL_NOT_FOUND,
+                m.stan.in_(sorted({t[2] for t in triples})),
+                m.terminal_id.in_(sorted({t[0] for t in triples})),
+                m.created_at >= dt.datetime.now(dt.UTC) - EARLY_REVERSAL_WINDOW,
+            )
+            query = union_all(answered, early)
+        stored: dict[str, bytes] = {}
+        reversed_first: set[tuple[str, str, str]] = set()
+        for row in conn.execute(query):
+            if row.early:
+                reversed_first.add((row.terminal_id, row.merchant_id, row.stan))
+            else:
+                stored[row.key] = bytes(row.response)
+        first: dict[str, Message] = {}
+        for msg in messages:
+            if msg.key is None or not msg.store:
+                continue
+            if msg.key in stored:
+                msg.duplicate, msg.store = True, False
+                msg.response_bytes = stored[msg.key]
+                msg.response = unpack_response(stored[msg.key])
+            elif msg.key in first:
+                msg.duplicate, msg.store = True, False
+                msg.duplicate_of = first[msg.key]
+            else:
+                first[msg.key] = msg
+                if msg.triple in reversed_first:
+                    msg.decline(codes.REVERSED_BEFORE, "its reversal arrived first")
+
+    def _load_cards(self, conn: Connection, batch: Batch, messages: list[Message]) -> None:
+        pans = sorted({m.pan for m in messages if m.pan is not None})
+        if not pans:
+            return
+        c = tables.cards.c
+        query = (
+            select(tables.cards)
+            .where(c.issuer == self.config.name, c.pan.in_(pans))
+            .order_by(c.pan, c.psn)
+            .with_for_update()
+        )
+        for row in conn.execute(query):
+            batch.cards[(row.pan, row.psn)] = CardState(
+                id=row.id, pan=row.pan, psn=row.psn, expiry=row.expiry, suite=SUITES_BY_NAME[row.suite],
+                status=row.status, pvv=row.pvv, pin_tries=row.pin_tries, atc_max=row.atc_max,
+                ec_balance_fen=row.ec_balance_fen, account=row.account, ec_account=row.ec_account,
+                day=row.day, day_total_fen=row.day_total_fen, scripts_pending=row.scripts_pending,
+            )  # fmt: skip
+        if not batch.cards:
+            return
+        batch.balances.update(balances(conn, sorted(card.account for card in batch.cards.values())))
+        waiting = sorted({card.pan for card in batch.cards.values() if card.scripts_pending})
+        if not waiting:
+            return  # the common case: no script queued for any card of the batch, no query
+        s = tables.scripts.c
+        queued = conn.execute(
+            select(s.id, s.pan, s.psn, s.kind)
+            .where(s.issuer == self.config.name, s.pan.in_(waiting), s.delivered_key.is_(None))
+            .order_by(s.id)
+        )
+        for row in queued:
+            batch.queued.setdefault((row.pan, row.psn), []).append((row.id, row.kind))
+
+    # --- the participants -------------------------------------------------------------------------
+    def _run(self, msg: Message, batch: Batch) -> None:
+        assert msg.kind is not None
+        if msg.triple is not None and msg.triple in batch.early_reversals:
+            msg.decline(codes.REVERSED_BEFORE, "its reversal came earlier in this batch")
+        # An exception here (an HSM refusal, a slip) fails the whole attempt: the batch is retried
+        # message by message and the failing one alone answers 96 with nothing written, so no
+        # half-applied message (card state moved, posting dropped) can ever be committed.
+        if msg.kind.name == "reversal":
+            self._reversal(msg, batch)
+        elif msg.kind.name == "advice":
+            self._advice(msg, batch)
+        elif msg.kind.name == "settlement":
+            msg.pending_settlement = True  # totals are read after the batch's own messages ran
+        else:
+            for participant in CHECKS:
+                if msg.stopped:
+                    break
+                participant(msg, batch, self._env)
+            arpc_and_scripts(msg, batch, self._env)
+            if msg.rc is None:
+                msg.rc, msg.reason = codes.APPROVED, "approved"
+        if msg.kind.name in FINANCIAL_KINDS:
+            batch.originals[(msg.request["41"], msg.request["42"], msg.request["11"])] = msg
+
+    # --- after: responses and writes -------------------------------------------------------------
+    def _respond(self, msg: Message) -> None:
+        rc = msg.rc or codes.APPROVED
+        msg.rc = rc
+        extra: dict[str, Any] = {}
+        if rc == codes.APPROVED and msg.kind is not None and msg.kind.name in FINANCIAL_KINDS:
+            assert msg.key is not None
+            extra["f38"] = auth_code(msg.key)
+        ic = b""
+        if msg.tag_91 is not None:
+            ic += encode_one("91", msg.tag_91)
+        ic += b"".join(msg.scripts_71) + b"".join(msg.scripts_72)
+        if ic:
+            extra["f55"] = ic
+        extra.update(msg.extra)
+        msg.response = builders.response(msg.request, rc, **extra)
+
+    def _write(self, conn: Connection, batch: Batch, messages: list[Message]) -> None:
+        for account in sorted(set(batch.new_accounts) - self._known_accounts):
+            kind = batch.new_accounts[account]
+            open_account(
+                conn, account, kind, allow_negative=kind == AccountKind.SUSPENSE, name=f"{kind.value} account"
+            )
+        postings = [m.posting for m in messages if m.posting is not None and m.rc == codes.APPROVED]
+        if postings:
+            post_many(conn, postings)
+        for msg in messages:
+            if msg.reverse_key:
+                reverse(
+                    conn, key=f"rev:{msg.reverse_key}", original_key=msg.reverse_key, memo="0400 reversal"
+                )
+        dirty = [card for card in batch.cards.values() if card.dirty]
+        if dirty:
+            rows = [
+                {"card_id": card.id, "pin_tries": card.pin_tries, "atc_max": card.atc_max,
+                 "ec_balance_fen": card.ec_balance_fen, "day": card.day,
+                 "day_total_fen": card.day_total_fen, "scripts_pending": card.scripts_pending}
+                for card in dirty
+            ]  # fmt: skip
+            if bulk.is_postgresql(conn):  # one UPDATE … FROM unnest for all cards (ledger.bulk)
+                rows = [{**row, "id": row.pop("card_id")} for row in rows]
+                conn.exec_driver_sql(_PG_CARD_UPDATE, bulk.columns_of(rows, ("id", *CARD_STATE_COLUMNS)))
+            else:
+                c = tables.cards.c
+                conn.execute(update(tables.cards).where(c.id == bindparam("card_id")), rows)
+        self._write_log(conn, batch, messages)
+
+    def _write_log(self, conn: Connection, batch: Batch, messages: list[Message]) -> None:
+        now = batch.now
+        log_rows, results, advice_rows, delivered = [], [], [], []
+        for msg in messages:
+            if not msg.store or msg.key is None:
+                continue
+            assert msg.response is not None and msg.kind is not None
+            msg.response_bytes = pack_response(msg.response)
+            request = msg.request
+            # the key of what this message posted (None: nothing), so the log and the ledger agree
+            ledger_key = msg.posting.key if msg.posting is not None and msg.rc == codes.APPROVED else None
+            if msg.reverse_key:
+                ledger_key = f"rev:{msg.reverse_key}"
+            f60 = request.get("60", "")
+            log_rows.append(
+                {"issuer": self.config.name, "key": msg.key, "mti": request["t"], "kind": msg.kind.name,
+                 "pan": msg.pan, "psn": msg.psn, "terminal_id": request["41"], "merchant_id": request["42"],
+                 "stan": request["11"], "batch": f60[2:8] if len(f60) >= 8 else None,
+                 "amount_fen": msg.amount_fen, "rc": msg.rc, "approved": msg.rc == codes.APPROVED,
+                 "ledger_key": ledger_key, "response": msg.response_bytes, "created_at": now}
+            )  # fmt: skip
+            for script_id, result in msg.script_results:
+                results.append(
+                    {"issuer": self.config.name, "pan": msg.pan, "psn": msg.psn if msg.psn is not None else 0,
+                     "message_key": msg.key, "script_id": script_id, "result": result, "created_at": now}
+                )  # fmt: skip
+            if msg.advice_kind is not None:
+                advice_rows.append(
+                    {"issuer": self.config.name, "message_key": msg.key, "pan": msg.pan, "psn": msg.psn,
+                     "kind": msg.advice_kind, "amount_fen": msg.amount_fen, "ic_data": bytes(request["55"]),
+                     "created_at": now}
+                )  # fmt: skip
+            delivered += [{"script_id": i, "d_key": msg.key, "d_at": now} for i in msg.delivered_script_ids]
+        bulk.insert_rows(conn, tables.messages, log_rows)
+        if results:
+            conn.execute(insert(tables.script_results), results)
+        if advice_rows:
+            conn.execute(insert(tables.advices), advice_rows)
+        if delivered:
+            s = tables.scripts.c
+            conn.execute(
+                update(tables.scripts)
+                .where(s.id == bindparam("script_id"))
+                .values(delivered_key=bindparam("d_key"), delivered_at=bindparam("d_at")),
+                delivered,
+            )

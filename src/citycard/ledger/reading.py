@@ -1,0 +1,92 @@
+"""Reading the ledger: one posting with its lines, balances per account and layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, bindparam, func, select
+
+from citycard.ledger.journal import CODES_PER_QUERY_MAX, Draft, Entry, assert_balanced, stored_lines
+from citycard.ledger.model import Layer, PostedLine, Posting, UnknownAccount
+from citycard.ledger.tables import ledger_accounts, ledger_balances, ledger_postings
+
+_A, _B, _P = ledger_accounts.c, ledger_balances.c, ledger_postings.c
+
+
+def find_posting(conn: Connection, key: str) -> Posting | None:
+    """The posting stored under ``key`` with its lines, or ``None``; checks it balances (per layer)."""
+    origin = ledger_postings.alias("origin")
+    header = conn.execute(
+        select(_P.id, _P.key, _P.kind, _P.layer, _P.memo, _P.created_at, origin.c.key.label("origin_key"))
+        .outerjoin(origin, origin.c.id == _P.origin_id)
+        .where(_P.key == key)
+    ).one_or_none()
+    if header is None:
+        return None
+    lines = tuple(
+        PostedLine(row.account, Layer(row.layer), row.debit_fen, row.credit_fen)
+        for row in stored_lines(conn, header.id)
+    )
+    draft = Draft(
+        header.key,
+        header.kind,
+        header.layer,
+        None,
+        "",
+        tuple(Entry(line.account, line.layer, line.debit_fen, line.credit_fen) for line in lines),
+    )
+    assert_balanced(draft)  # invariant where read
+    return Posting(
+        posting_id=int(header.id),
+        key=header.key,
+        kind=header.kind,
+        layer=Layer(header.layer),
+        memo=header.memo,
+        created_at=header.created_at,
+        origin_key=header.origin_key,
+        lines=lines,
+    )
+
+
+def _sum_query(layer_filter: bool):  # type: ignore[no-untyped-def]
+    join = _B.account_id == _A.id
+    if layer_filter:
+        join = join & (_B.layer == bindparam("layer"))
+    return (
+        select(_A.code, func.coalesce(func.sum(_B.balance_fen), 0))
+        .select_from(ledger_accounts)
+        .outerjoin(ledger_balances, join)
+        .where(_A.code.in_(bindparam("codes", expanding=True)))
+        .group_by(_A.code)
+    )
+
+
+# Built once: the issuer reads balances on its hot path.
+_SUM_ALL_LAYERS = _sum_query(False)
+_SUM_ONE_LAYER = _sum_query(True)
+
+
+def _sums(conn: Connection, codes: Sequence[str], layer: Layer | None) -> dict[str, int]:
+    query = _SUM_ALL_LAYERS if layer is None else _SUM_ONE_LAYER
+    params = {} if layer is None else {"layer": int(Layer(layer))}
+    wanted = sorted(set(codes))
+    found: dict[str, int] = {}
+    for start in range(0, len(wanted), CODES_PER_QUERY_MAX):
+        chunk = wanted[start : start + CODES_PER_QUERY_MAX]
+        for code, total in conn.execute(query, {**params, "codes": chunk}):
+            found[code] = int(total)
+    missing = [code for code in wanted if code not in found]
+    if missing:
+        raise UnknownAccount(f"unknown account{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    return found
+
+
+def balance_fen(conn: Connection, account: str, layer: Layer | None = None) -> int:
+    """Credits − debits of ``account`` in ``layer`` (``None``: over all layers)."""
+    return _sums(conn, [account], layer)[account]
+
+
+def balances(conn: Connection, accounts: Sequence[str], layer: Layer | None = None) -> dict[str, int]:
+    """Balances of several accounts (all layers, or one), one query per 500 codes."""
+    found = _sums(conn, accounts, layer)
+    return {code: found[code] for code in accounts}

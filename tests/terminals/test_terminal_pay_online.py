@@ -1,0 +1,241 @@
+"""`citycard terminal pay --online HOST:PORT` end to end: separate processes, real TCP.
+
+The issuer is the real one: ``citycard host serve --issuer citybank`` (B1's IssuerHost behind B2's
+HostServer, SQLite in the data directory), the card enrolled with ``citycard host enrol`` and the
+terminal's TMK made by ``citycard host terminal-key``, so the terminal signs on and MACs its
+messages. All processes share the data directory, hence the HSM; the card image is personalised
+there. A host that never answers is the stand-in (``python -m tests.terminals.issuer_standin
+silent``): the real one cannot be told to stay silent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from citycard.terminals.store import TerminalStore
+
+ROOT = Path(__file__).resolve().parents[2]
+BALANCE_FEN = 5_000  # the card's EC balance
+ACCOUNT_YUAN = "100.00"  # the cardholder's bank account at the issuer
+START_TIMEOUT_S = 30
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("citycard-online")
+
+
+@pytest.fixture(scope="module")
+def env(data_dir) -> dict[str, str]:
+    return {**os.environ, "CITYCARD_DATA_DIR": str(data_dir)}
+
+
+@pytest.fixture(scope="module")
+def master_card(data_dir, env) -> Path:
+    """A GM debit card personalised with the HSM all processes open, enrolled at the issuer with
+    100.00 yuan in its account; terminal 00000001 has its TMK."""
+    from citycard.cli.bench_card import personalise_card
+    from citycard.hsm import SoftHSM
+
+    old = os.environ.get("CITYCARD_DATA_DIR")
+    os.environ["CITYCARD_DATA_DIR"] = str(data_dir)
+    try:
+        path, prepared = personalise_card(
+            data_dir, SoftHSM.open(), profile="pboc-debit-gm", balance_fen=BALANCE_FEN
+        )
+    finally:
+        if old is None:
+            del os.environ["CITYCARD_DATA_DIR"]
+        else:
+            os.environ["CITYCARD_DATA_DIR"] = old
+    expiry = prepared.expiry.strftime("%y%m")
+    enrol = ("enrol", "--issuer", "citybank", "--pan", prepared.pan, "--psn", str(int(prepared.psn)),
+             "--expiry", expiry, "--suite", "gm", "--balance", ACCOUNT_YUAN)  # fmt: skip
+    for args in (enrol, ("terminal-key", "--terminal-id", "00000001", "--suite", "gm")):
+        done = subprocess.run(
+            [sys.executable, "-m", "citycard.cli.main", "host", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    return path
+
+
+def host_command(env: dict[str, str], *args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "citycard.cli.main", "host", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def intl_pin_card(data_dir, env) -> Path:
+    """An INTL debit card whose CVM list asks for the online PIN first, enrolled with PIN 4321;
+    terminal 00000002 has an INTL TMK, so its session PIK is 3DES (F52 b64)."""
+    from citycard.cli.bench_card import personalise_card
+    from citycard.hsm import SoftHSM
+
+    directory = data_dir / "intl"
+    directory.mkdir()
+    old = os.environ.get("CITYCARD_DATA_DIR")
+    os.environ["CITYCARD_DATA_DIR"] = str(data_dir)
+    try:
+        path, prepared = personalise_card(
+            directory, SoftHSM.open(), profile="pboc-debit-intl", balance_fen=BALANCE_FEN
+        )
+    finally:
+        if old is None:
+            del os.environ["CITYCARD_DATA_DIR"]
+        else:
+            os.environ["CITYCARD_DATA_DIR"] = old
+    host_command(env, "enrol", "--issuer", "citybank", "--pan", prepared.pan, "--psn", str(int(prepared.psn)),
+                 "--expiry", prepared.expiry.strftime("%y%m"), "--suite", "intl", "--pin", "4321",
+                 "--balance", ACCOUNT_YUAN)  # fmt: skip
+    host_command(env, "terminal-key", "--terminal-id", "00000002", "--suite", "intl")
+    return path
+
+
+def issuer_process(env: dict[str, str], mode: str) -> Iterator[int]:
+    """``approve`` / ``no-mac``: the real issuer (``citycard host serve``); ``silent``: the stand-in."""
+    if mode == "silent":
+        command = [sys.executable, "-m", "tests.terminals.issuer_standin", mode]
+    else:
+        command = [sys.executable, "-m", "citycard.cli.main", "host", "serve", "--issuer", "citybank"]
+        command += ["--no-mac"] if mode == "no-mac" else []
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        assert line.startswith("listening on 127.0.0.1:"), (
+            line,
+            process.stderr.read() if process.stderr else "",
+        )
+        yield int(line.rsplit(":", 1)[1])
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def issuer(env) -> Iterator[int]:
+    yield from issuer_process(env, "approve")
+
+
+def pay(card: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "citycard.cli.main", "terminal", "pay", "--card", str(card), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def card(master_card, tmp_path) -> Path:
+    copy = tmp_path / "card.json"
+    copy.write_bytes(master_card.read_bytes())
+    return copy
+
+
+def test_terminal_pay_online_is_approved_by_the_issuer(card, env, issuer):
+    done = pay(card, env, "--amount", "12.50", "--online", f"127.0.0.1:{issuer}", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["outcome"] == "approved_online" and result["authorisation_response_code"] == "00"
+    assert result["amount_fen"] == 1250 and result["suite"] == "GM"
+    assert "issuer_authentication_performed" in result["tsi_bits"]  # the card accepted the ARPC
+    assert result["cid"] == "40"  # and gave a TC at the second GENERATE AC
+    log = result["online"]["log"]
+    assert log[0] == "signed on with tmk:00000001: messages carry a MAC"
+    assert any(line.startswith("0200 STAN") and line.endswith("F39 00") for line in log), log
+    assert result["online"]["pending_reversals"] == 0
+
+
+def test_online_pin_under_the_session_pik_is_checked_by_the_issuer(intl_pin_card, env, issuer):
+    """The right PIN is approved, a wrong one gets 55 — one card, so its ATC keeps rising (the
+    issuer refuses a repeated ATC)."""
+    for pin, outcome, code in (("4321", "approved_online", "00"), ("9999", "declined", "55")):
+        done = pay(
+            intl_pin_card, env, "--amount", "12.50", "--online", f"127.0.0.1:{issuer}",
+            "--terminal-id", "00000002", "--pin", pin, "--json",
+        )  # fmt: skip
+        result = json.loads(done.stdout)
+        assert result["cvm_results"] == "420300"  # online PIN: the issuer decides
+        assert "online_pin_entered" in result["tvr_bits"]
+        assert (result["outcome"], result["authorisation_response_code"]) == (outcome, code), result[
+            "reasons"
+        ]
+        assert result["online"]["log"][0] == "signed on with tmk:00000002: messages carry a MAC"
+
+
+def test_terminal_pay_online_above_the_account_balance_is_declined_by_the_issuer(card, env, issuer):
+    done = pay(card, env, "--amount", "500.00", "--online", f"127.0.0.1:{issuer}", "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["outcome"] == "declined"
+    assert result["authorisation_response_code"] not in ("00", "Y3", "Z3")  # the issuer's own code
+    assert result["reasons"][-1].startswith("declined by the issuer")
+    assert result["online"]["pending_reversals"] == 0
+
+
+def test_terminal_pay_online_timeout_leaves_a_reversal_that_the_next_run_sends(card, env, data_dir):
+    terminal_id = "00000077"
+    for port in issuer_process(env, "silent"):
+        done = pay(
+            card, env, "--amount", "12.50", "--online", f"127.0.0.1:{port}", "--timeout", "0.5",
+            "--terminal-id", terminal_id, "--json",
+        )  # fmt: skip
+        assert done.returncode == 1, done.stdout + done.stderr
+        result = json.loads(done.stdout)
+        assert result["authorisation_response_code"] in ("Y3", "Z3")
+        assert result["online"]["pending_reversals"] == 1
+    (pending,) = TerminalStore(data_dir, terminal_id).pending
+    assert pending.reason == "98"
+    for port in issuer_process(env, "no-mac"):  # the next run: the reversal goes first (no TMK: no MAC)
+        done = pay(
+            card, env, "--amount", "12.50", "--online", f"127.0.0.1:{port}", "--terminal-id", terminal_id,
+            "--json",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        result = json.loads(done.stdout)
+        assert result["online"]["pending_reversals"] == 0
+        assert any(f"0400 STAN {pending.stan} acknowledged" in line for line in result["online"]["log"])
+    assert TerminalStore(data_dir, terminal_id).pending == ()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--online", "localhost"), "--online must be HOST:PORT"),
+        (("--online", "127.0.0.1:0"), "--online must be HOST:PORT with a port 1 to 65535"),
+        (("--terminal-id", "T1"), "--terminal-id must be 8 letters or digits"),
+        (("--timeout", "0"), "--timeout must be more than 0"),
+    ],
+)
+def test_bad_online_options_exit_2(card, env, args, message):
+    done = pay(card, env, "--amount", "1.00", *args)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {message}")
