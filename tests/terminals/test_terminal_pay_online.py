@@ -239,3 +239,81 @@ def test_bad_online_options_exit_2(card, env, args, message):
     done = pay(card, env, "--amount", "1.00", *args)
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: {message}")
+
+
+def ec_state(data_dir: Path, card: Path, env: dict[str, str]) -> tuple[int, int, int]:
+    """(the card's 9F79, the issuer's EC shadow balance, the card's EC ledger account) in fen."""
+    from sqlalchemy import select
+
+    from citycard.db import database_url, make_engine
+    from citycard.host.issuer import tables
+    from citycard.ledger import balance_fen
+
+    info = subprocess.run(
+        [sys.executable, "-m", "citycard.cli.main", "card", "info", str(card), "--json"],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    application = json.loads(info.stdout)["applications"][0]["state"]
+    on_card = application["state"]["ec_balance_fen"]["fen"]
+    records = b"".join(bytes.fromhex(r) for r in application["data"]["records"].values())
+    at = records.index(b"\x5a\x08")  # the PAN (5A, 8 bytes BCD, F-padded) in the application records
+    pan = records[at + 2 : at + 10].hex().upper().rstrip("F")
+    engine = make_engine(database_url(data_dir))
+    try:
+        with engine.connect() as conn:
+            shadow, psn = conn.execute(
+                select(tables.cards.c.ec_balance_fen, tables.cards.c.psn).where(tables.cards.c.pan == pan)
+            ).one()
+            ledger = balance_fen(conn, f"citybank:ec:{pan}:{int(psn):02d}")
+    finally:
+        engine.dispose()
+    return on_card, shadow, ledger
+
+
+@pytest.fixture(scope="module")
+def ec_card(data_dir, env) -> Path:
+    """A GM debit card of its own (the other tests' copies share one ATC sequence, which the issuer
+    would refuse as a replay), enrolled with its EC balance as the issuer's shadow."""
+    from citycard.cli.bench_card import personalise_card
+    from citycard.hsm import SoftHSM
+
+    directory = data_dir / "ec"
+    directory.mkdir()
+    old = os.environ.get("CITYCARD_DATA_DIR")
+    os.environ["CITYCARD_DATA_DIR"] = str(data_dir)
+    try:
+        path, prepared = personalise_card(
+            directory, SoftHSM.open(), profile="pboc-debit-gm", balance_fen=BALANCE_FEN
+        )
+    finally:
+        if old is None:
+            del os.environ["CITYCARD_DATA_DIR"]
+        else:
+            os.environ["CITYCARD_DATA_DIR"] = old
+    host_command(env, "enrol", "--issuer", "citybank", "--pan", prepared.pan, "--psn", str(int(prepared.psn)),
+                 "--expiry", prepared.expiry.strftime("%y%m"), "--suite", "gm", "--balance", ACCOUNT_YUAN,
+                 "--ec-balance", f"{BALANCE_FEN // 100}.{BALANCE_FEN % 100:02d}")  # fmt: skip
+    return path
+
+
+def test_ec_load_over_tcp_tops_up_the_card_and_the_issuer_agrees(ec_card, env, issuer, data_dir):
+    """圈存 end to end: `terminal pay --ec-load` → 0200/600000 over TCP (signed on, MACed) → the
+    issuer verifies the ARQC, moves 30.00 from the bank account to the EC account and answers the
+    04DA9F79 script with the new balance; the card runs it after the second GENERATE AC."""
+    card = ec_card
+    before = ec_state(data_dir, card, env)
+    assert before[0] == before[1] == before[2]
+    done = pay(card, env, "--amount", "30.00", "--ec-load", "--online", f"127.0.0.1:{issuer}", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["outcome"] == "approved_online" and result["authorisation_response_code"] == "00"
+    assert any(line.startswith("0200 STAN") and line.endswith("F39 00") for line in result["online"]["log"])
+    after = ec_state(data_dir, card, env)
+    assert after == (before[0] + 3_000,) * 3
+
+
+def test_ec_load_needs_online_and_contact(card, env):
+    done = pay(card, env, "--amount", "1.00", "--ec-load")
+    assert done.returncode == 2 and done.stderr.startswith(
+        "error: --ec-load is an online contact transaction"
+    )

@@ -43,6 +43,9 @@ ONLINE_TIMEOUT_S_MAX = 120.0
 PORT_MAX = 65_535
 AMOUNT_PATTERN = re.compile(r"(?P<yuan>\d{1,10})(?:\.(?P<fen>\d{1,2}))?")
 AMOUNT_FEN_MAX = 999_999_999_999  # n12
+# 9C for a load from the cardholder's designated account (指定账户圈存); PBOC Part 13 usage as seen in
+# public terminal code — UNCERTAIN, check against JR/T 0025.13.
+TRANSACTION_TYPE_EC_LOAD = 0x60
 
 
 @app.callback()
@@ -126,7 +129,14 @@ def _terminal(
 
 
 def _online_link(
-    hsm: Any, online: str, *, terminal_id: str, merchant_id: str, contactless: bool, timeout_s: float
+    hsm: Any,
+    online: str,
+    *,
+    terminal_id: str,
+    merchant_id: str,
+    contactless: bool,
+    timeout_s: float,
+    kind: str = "purchase",
 ) -> Any:
     """The acquirer link for ``--online``: connect, sign on when the HSM holds the TMK, and send the
     reversals still owed. A host that cannot be reached is not fatal: the kernel then meets an
@@ -160,6 +170,7 @@ def _online_link(
         store,
         builders.Terminal(terminal_id=terminal_id, merchant_id=merchant_id),
         contactless=contactless,
+        kind=kind,
     )
     link.log.append(note)
     link.send_pending_reversals()
@@ -250,6 +261,14 @@ def pay(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the host's answer.")
     ] = ONLINE_TIMEOUT_S_DEFAULT,
+    ec_load: Annotated[
+        bool,
+        typer.Option(
+            "--ec-load",
+            help="Top up the card's electronic cash by --amount from the cardholder's bank account "
+            "(圈存, contact, needs --online): the issuer answers with the 04DA9F79 script.",
+        ),
+    ] = False,
     apdus: Annotated[bool, typer.Option("--apdus", help="Print every APDU on stderr.")] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the outcome as one JSON document.")
@@ -262,6 +281,8 @@ def pay(
     Example: citycard terminal pay --card card.json --amount 1.50 --contactless
 
     Online: citycard terminal pay --card card.json --amount 12.50 --online 127.0.0.1:8583 --json
+
+    Top-up (圈存): citycard terminal pay --card card.json --amount 50.00 --ec-load --online 127.0.0.1:8583
     """
     try:
         amount_fen = parse_amount_fen(amount)
@@ -277,6 +298,8 @@ def pay(
         fail(f"--merchant-id must be 15 printable ASCII characters, got {merchant_id!r}")
     if not 0 < timeout <= ONLINE_TIMEOUT_S_MAX:
         fail(f"--timeout must be more than 0 and at most {ONLINE_TIMEOUT_S_MAX:g} s, got {timeout:g}")
+    if ec_load and (online is None or contactless):
+        fail("--ec-load is an online contact transaction: give --online HOST:PORT and not --contactless")
     if online is not None:
         try:
             parse_host_port(online)
@@ -319,6 +342,7 @@ def pay(
             merchant_id=merchant_id,
             contactless=contactless,
             timeout_s=timeout,
+            kind="ec_load" if ec_load else "purchase",
         )
     try:
         try:
@@ -330,6 +354,7 @@ def pay(
                     contactless=contactless,
                     pin=pin,
                     acquirer=link,
+                    transaction_type=TRANSACTION_TYPE_EC_LOAD if ec_load else 0x00,
                 )
         except TransportError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -364,6 +389,7 @@ def _run(
     contactless: bool,
     pin: str | None,
     acquirer: Any = None,
+    transaction_type: int = 0x00,
 ) -> Any:
     if contactless:
         from citycard.kernel.qpboc import run_qpboc
@@ -379,7 +405,14 @@ def _run(
         pin_pad = HostPinPad(pin, acquirer.client, terminal_id=acquirer.terminal.terminal_id)
     elif pin is not None:
         pin_pad = FixedPinPad(pin)  # offline PIN; an online block under a throwaway key
-    return run_contact(transport, terminal, amount_fen=amount_fen, pin_pad=pin_pad, acquirer=acquirer)
+    return run_contact(
+        transport,
+        terminal,
+        amount_fen=amount_fen,
+        pin_pad=pin_pad,
+        acquirer=acquirer,
+        transaction_type=transaction_type,
+    )
 
 
 def main() -> None:  # pragma: no cover - `python -m citycard.cli.terminal` until main.py registers the group

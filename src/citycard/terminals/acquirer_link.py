@@ -148,11 +148,16 @@ def _card(pan: str, psn: str | None, tag_5f24: bytes | None, tag_57: bytes | Non
     )
 
 
+LINK_KINDS = ("purchase", "authorisation", "ec_load")  # iso8583.builders KINDS the kernel sends online
+
+
 @dataclass
 class Iso8583AcquirerLink:
     """The kernel's acquirer link over ISO 8583 (see the module note).
 
-    ``kind``: ``"purchase"`` (0200, the default) or ``"authorisation"`` (0100).
+    ``kind``: ``"purchase"`` (0200, the default), ``"authorisation"`` (0100) or ``"ec_load"`` (0200 with
+    F3 600000: an electronic-cash top-up from the cardholder's account, 圈存; the issuer answers
+    with the ``04DA9F790A`` script in 72).
     """
 
     client: Any
@@ -166,8 +171,8 @@ class Iso8583AcquirerLink:
     log: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("purchase", "authorisation"):
-            raise ValueError(f"kind must be purchase or authorisation, got {self.kind!r}")
+        if self.kind not in LINK_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(LINK_KINDS)}, got {self.kind!r}")
         if self.terminal.terminal_id != self.store.terminal_id:
             raise ValueError("the store belongs to another terminal")
 
