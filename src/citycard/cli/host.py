@@ -104,7 +104,9 @@ def open_engine(db: str | None, data_dir: Path | None) -> Any:
 
     url = normalize_url(db) if db else database_url(data_dir)
     try:
-        engine = make_engine(url)
+        # No pool pre-ping: it costs a round trip per issuer batch; after a database restart the
+        # failed batch is retried message by message on fresh connections (IssuerHost.process_batch).
+        engine = make_engine(url, pre_ping=False)
         upgrade(engine)
     except (SQLAlchemyError, OSError) as exc:  # driver errors: one line, not a traceback
         fail(f"database {url.split('@')[-1]}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
@@ -132,7 +134,9 @@ def issuer_worker(name: str, db: str | None, data_dir: Path | None) -> Any:
 
     _use_data_dir(data_dir)
     url = normalize_url(db) if db else database_url(data_dir)
-    return IssuerHost(load_issuer_configs()[name], engine=make_engine(url), hsm=SoftHSM.open())
+    return IssuerHost(
+        load_issuer_configs()[name], engine=make_engine(url, pre_ping=False), hsm=SoftHSM.open()
+    )
 
 
 @app.command("serve")

@@ -9,6 +9,8 @@ import typer
 from citycard.cli import bench, card, crypto, hsm, oda, selftest, terminal, terminal_params, tlv
 from citycard.cli import host as host_cli
 from citycard.cli import ledger as ledger_cli
+from citycard.cli import platform_exchange as platform_exchange_cli
+from citycard.cli import serve as serve_cli
 from citycard.cli import switch as switch_cli
 from citycard.cli.common import EXIT_BAD_INPUT
 
@@ -34,7 +36,10 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(ledger_cli.app, name="ledger")
 app.add_typer(host_cli.app, name="host")
 app.add_typer(switch_cli.app, name="switch")
+app.add_typer(platform_exchange_cli.blacklist_app, name="blacklist")
+app.add_typer(platform_exchange_cli.exchange_app, name="exchange")
 app.command(name="selftest")(selftest.selftest)
+serve_cli.register(app)  # `citycard serve`, `citycard api-key ...`
 
 
 def main() -> None:

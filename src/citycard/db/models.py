@@ -12,6 +12,10 @@ MODEL_MODULES: list[str] = [
     "citycard.ledger.tables",
     "citycard.host.issuer.tables",
     "citycard.host.switch.tables",
+    "citycard.platform.tables",
+    "citycard.platform.exchange_tables",
+    "citycard.platform.application_tables",
+    "citycard.api.tables",
 ]
 
 

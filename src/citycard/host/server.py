@@ -412,10 +412,18 @@ class HostServer:
 
     # --- answers ----------------------------------------------------------------------------------
     def _send(
-        self, conn: _Connection, answer: dict[str, Any], *, mac: bool, request: dict[str, Any] | None = None
+        self,
+        conn: _Connection,
+        answer: dict[str, Any],
+        *,
+        mac: bool,
+        request: dict[str, Any] | None = None,
+        pending: dict[_Connection, list[bytes]] | None = None,
     ) -> None:
         """Encode (and MAC) ``answer`` and write it; never raises. An answer that cannot be encoded
-        becomes a ``96`` built from ``request`` (or from the answer's echoed fields)."""
+        becomes a ``96`` built from ``request`` (or from the answer's echoed fields). With ``pending``
+        the frame is collected there, to be written with the connection's other answers of the
+        batch in one write (:meth:`_flush`)."""
         if conn.closing:
             return
         try:
@@ -441,8 +449,18 @@ class HostServer:
             log.warning("connection %s does not read its answers; closing", conn.name)
             self._drop(conn)
             return
-        conn.writer.write(len(raw).to_bytes(2, "big") + raw)
+        if pending is not None:
+            pending.setdefault(conn, []).append(len(raw).to_bytes(2, "big") + raw)
+        else:
+            conn.writer.write(len(raw).to_bytes(2, "big") + raw)
         self.stats.answered += 1
+
+    @staticmethod
+    def _flush(pending: dict[_Connection, list[bytes]]) -> None:
+        """One write (one system call) per connection for a batch's answers, not one per answer."""
+        for conn, frames in pending.items():
+            if not conn.closing and not conn.writer.transport.is_closing():
+                conn.writer.write(b"".join(frames))
 
     def _wire(self, answer: dict[str, Any], *, mac: bool) -> bytes:
         label = self._mak_label(answer) if mac else None
@@ -467,10 +485,12 @@ class HostServer:
             except Exception:  # the handler failed: every request of the batch gets "96"
                 log.exception("handler failed on a batch of %d", len(items))
                 answers = [response(item.fields, RC_SYSTEM_MALFUNCTION) for item in items]
+            pending: dict[_Connection, list[bytes]] = {}
             for item, answer in zip(items, answers, strict=True):
                 item.conn.outstanding -= 1
                 if answer is not None:
-                    self._send(item.conn, answer, mac=True, request=item.fields)
+                    self._send(item.conn, answer, mac=True, request=item.fields, pending=pending)
+            self._flush(pending)
             self.stats.batches += 1
             self.stats.batched += len(items)
             self.stats.handler_s += time.perf_counter() - started

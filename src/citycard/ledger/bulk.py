@@ -5,7 +5,8 @@ parsed, bound, executed and answered on its own: ≈ 15–25 µs of client CPU p
 row). The hot path writes a few hundred rows per batch (ledger lines, balances, cards, the message
 log), so one statement with one array parameter per column costs a fraction of that: the rows
 travel as arrays and the server runs one plan. The SQL text is fixed (it does not grow with the row
-count), so psycopg prepares it once per connection. SQLite keeps ``executemany``: it runs
+count), so psycopg prepares it once per connection. The arrays go in psycopg's binary format
+(``%(name)b``): no per-element quoting and escaping as in the text format. SQLite keeps ``executemany``: it runs
 in-process, there is no round trip to save.
 
 The rows are written in the order given (``unnest`` yields its arrays in order, and the insert
@@ -17,11 +18,11 @@ ints, strings, bytes, booleans, dates and *aware UTC* datetimes (what ``UTCDateT
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, String, Table
+from sqlalchemy import Connection, String, Table, Text, any_, bindparam
 from sqlalchemy.dialects import postgresql
 
 ROWS_PER_STATEMENT_MAX = 10_000  # arrays this long are still one small message; keeps memory bounded
@@ -46,26 +47,27 @@ def _array_type(table: Table, column: str) -> str:
 
 
 @cache
-def insert_sql(table: Table, columns: tuple[str, ...], suffix: str = "") -> str:
-    """``INSERT INTO t (a, b) SELECT * FROM unnest(%(a)s::T[], %(b)s::U[]) <suffix>``.
+def insert_sql(table: Table, columns: tuple[str, ...], suffix: str = "", prefix: str = "") -> str:
+    """``INSERT INTO t (a, b) SELECT * FROM unnest(%(a)b::T[], %(b)b::U[]) <suffix>``; the parameters
+    are named ``prefix + column`` (two statements joined by :func:`together` need distinct names).
 
     >>> from citycard.ledger.tables import ledger_lines
     >>> insert_sql(ledger_lines, ("posting_id", "seq"))
-    'INSERT INTO ledger_lines (posting_id, seq) SELECT * FROM unnest(%(posting_id)s::BIGINT[], %(seq)s::SMALLINT[])'
+    'INSERT INTO ledger_lines (posting_id, seq) SELECT * FROM unnest(%(posting_id)b::BIGINT[], %(seq)b::SMALLINT[])'
     """
-    arrays = ", ".join(f"%({name})s::{_array_type(table, name)}" for name in columns)
+    arrays = ", ".join(f"%({prefix}{name})b::{_array_type(table, name)}" for name in columns)
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
     return f"{sql} {suffix}" if suffix else sql
 
 
 @cache
-def update_sql(table: Table, key: str, columns: tuple[str, ...]) -> str:
-    """``UPDATE t SET a = v.a … FROM unnest(%(key)s::K[], %(a)s::A[] …) AS v(key, a …) WHERE t.key = v.key``.
+def update_sql(table: Table, key: str, columns: tuple[str, ...], prefix: str = "") -> str:
+    """``UPDATE t SET a = v.a … FROM unnest(%(key)b::K[], %(a)b::A[] …) AS v(key, a …) WHERE t.key = v.key``.
 
     Each key may appear once (PostgreSQL updates a row at most once per statement).
     """
     names = (key, *columns)
-    arrays = ", ".join(f"%({name})s::{_array_type(table, name)}" for name in names)
+    arrays = ", ".join(f"%({prefix}{name})b::{_array_type(table, name)}" for name in names)
     sets = ", ".join(f"{name} = v.{name}" for name in columns)
     return (
         f"UPDATE {table.name} SET {sets} FROM unnest({arrays}) AS v({', '.join(names)}) "
@@ -73,7 +75,22 @@ def update_sql(table: Table, key: str, columns: tuple[str, ...]) -> str:
     )
 
 
-def columns_of(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
+@cache
+def together(first: str, then: str) -> str:
+    """Two writes in ONE statement (one round trip): ``first`` as a data-modifying ``WITH`` part.
+
+    PostgreSQL runs a data-modifying ``WITH`` part exactly once and to completion whether or not the
+    main statement reads it; both see the same snapshot, so they must not touch the same rows.
+
+    >>> together("UPDATE a SET x = 1", "INSERT INTO b VALUES (1)")
+    'WITH first_write AS (UPDATE a SET x = 1 RETURNING 1) INSERT INTO b VALUES (1)'
+    """
+    return f"WITH first_write AS ({first} RETURNING 1) {then}"
+
+
+def columns_of(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], prefix: str = ""
+) -> dict[str, list[Any]]:
     """Rows (dicts) → one list per column, the parameters of the statements above.
 
     >>> columns_of([{"a": 1, "b": "x"}, {"a": 2, "b": None}], ("a", "b"))
@@ -81,10 +98,12 @@ def columns_of(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dic
     """
     if len(rows) > ROWS_PER_STATEMENT_MAX:
         raise ValueError(f"{len(rows)} rows in one statement; limit {ROWS_PER_STATEMENT_MAX}")
-    return {name: [row[name] for row in rows] for name in columns}
+    return {prefix + name: [row[name] for row in rows] for name in columns}
 
 
-def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], *, suffix: str = "") -> Any:
+def insert_rows(
+    conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], *, suffix: str = ""
+) -> Any:
     """Insert ``rows`` (dicts with the same keys): one ``unnest`` statement on PostgreSQL (``suffix``,
     e.g. ``ON CONFLICT … RETURNING …``, appended; the cursor result returned), else ``executemany``."""
     if not rows:
@@ -95,3 +114,32 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
         return conn.execute(table.insert(), list(rows))
     columns = tuple(rows[0])
     return conn.exec_driver_sql(insert_sql(table, columns, suffix), columns_of(rows, columns))
+
+
+# --- "column is one of these values" with a fixed SQL text ------------------------------------------
+# ``IN (:a_1, :a_2, …)`` (SQLAlchemy's expanding parameter) is rendered again for every call and its
+# text changes with the list's length, so psycopg can neither cache nor prepare it; on PostgreSQL
+# ``= ANY(:a)`` with one array parameter has one text for every length. SQLite has no arrays and
+# keeps ``IN``. Hot statements are built once per backend with :func:`per_backend`.
+
+Member = Callable[[Any, str], Any]
+
+
+def _any_of(column: Any, name: str) -> Any:
+    # Strings as TEXT[]: a cast to VARCHAR(n)[] would truncate a long value into a false match.
+    item = Text() if isinstance(column.type, String) else column.type
+    return column == any_(bindparam(name, type_=postgresql.ARRAY(item)))
+
+
+def _in_list(column: Any, name: str) -> Any:
+    return column.in_(bindparam(name, expanding=True))
+
+
+def per_backend(build: Callable[[Member], Any]) -> dict[bool, Any]:
+    """``build(member)`` for PostgreSQL (``= ANY(array)``) and for the others (``IN (…)``);
+    pick the right one with :func:`for_conn`."""
+    return {True: build(_any_of), False: build(_in_list)}
+
+
+def for_conn(statements: dict[bool, Any], conn: Connection) -> Any:
+    return statements[is_postgresql(conn)]

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from citycard.db.base import utc_now
@@ -114,22 +114,28 @@ _PG_BALANCES_SUFFIX = (
     "ON CONFLICT (account_id, layer, slot) DO UPDATE "
     "SET balance_fen = ledger_balances.balance_fen + excluded.balance_fen"
 )
-_LOOKUP = select(_A.code, _A.id, _A.allow_negative, _A.balance_slots).where(
-    _A.code.in_(bindparam("codes", expanding=True))
+_BALANCE_COLUMNS = ("account_id", "layer", "slot", "balance_fen")
+_LINE_COLUMNS = ("posting_id", "seq", "account_id", "layer", "debit_fen", "credit_fen")
+_PG_MOVEMENTS = bulk.together(
+    bulk.insert_sql(ledger_balances, _BALANCE_COLUMNS, _PG_BALANCES_SUFFIX, prefix="b_"),
+    bulk.insert_sql(ledger_lines, _LINE_COLUMNS),
+)
+# Built once per backend (bulk.per_backend: ``= ANY(array)`` on PostgreSQL, ``IN (…)`` elsewhere).
+_LOOKUP = bulk.per_backend(
+    lambda member: select(_A.code, _A.id, _A.allow_negative, _A.balance_slots).where(member(_A.code, "codes"))
 )
 # FOR NO KEY UPDATE (key_share): excludes other debits of the account, yet not the FOR KEY SHARE
 # locks that the foreign keys of concurrent line and balance inserts take on its row (FOR UPDATE
 # would, and deadlocks). SQLite renders nothing: there BEGIN IMMEDIATE already excludes writers.
-_LOCK = (
-    select(_A.id)
-    .where(_A.id.in_(bindparam("ids", expanding=True)))
-    .order_by(_A.id)
-    .with_for_update(key_share=True)
+_LOCK = bulk.per_backend(
+    lambda member: select(_A.id).where(member(_A.id, "ids")).order_by(_A.id).with_for_update(key_share=True)
 )
-_HELD = (
-    select(_B.account_id, func.sum(_B.balance_fen))
-    .where(_B.account_id.in_(bindparam("ids", expanding=True)))
-    .group_by(_B.account_id)
+_HELD = bulk.per_backend(
+    lambda member: (
+        select(_B.account_id, func.sum(_B.balance_fen))
+        .where(member(_B.account_id, "ids"))
+        .group_by(_B.account_id)
+    )
 )
 
 
@@ -195,7 +201,7 @@ def _accounts(conn: Connection, codes: Iterable[str]) -> dict[str, _Account]:
     found: dict[str, _Account] = {}
     for start in range(0, len(wanted), CODES_PER_QUERY_MAX):
         chunk = wanted[start : start + CODES_PER_QUERY_MAX]
-        for row in conn.execute(_LOOKUP, {"codes": chunk}):
+        for row in conn.execute(bulk.for_conn(_LOOKUP, conn), {"codes": chunk}):
             found[row.code] = _Account(int(row.id), bool(row.allow_negative), int(row.balance_slots))
     missing = [code for code in wanted if code not in found]
     if missing:
@@ -282,7 +288,7 @@ def write_drafts(conn: Connection, drafts: Sequence[Draft]) -> list[PostResult]:
     inserted: dict[str, int] = {key: int(pid) for pid, key in result}
     try:
         existing = {key: _replayed(conn, draft) for key, draft in unique.items() if key not in inserted}
-        _move_balances(conn, [d for d in unique.values() if d.key in inserted], accounts)
+        balance_rows = _move_balances(conn, [d for d in unique.values() if d.key in inserted], accounts)
     except (LedgerError, FollowerTakenError):
         # An expected refusal: take back our own posting rows so the caller may still commit its
         # other work. (A database error leaves the transaction for the caller to roll back.)
@@ -301,7 +307,7 @@ def write_drafts(conn: Connection, drafts: Sequence[Draft]) -> list[PostResult]:
         if d.key in inserted
         for seq, e in enumerate(d.entries)
     ]
-    bulk.insert_rows(conn, ledger_lines, line_rows)
+    _write_movements(conn, balance_rows, line_rows)
     results = []
     for draft in drafts:
         if draft.key in inserted:
@@ -346,8 +352,10 @@ def _replayed(conn: Connection, draft: Draft) -> int:
     return int(header.id)
 
 
-def _move_balances(conn: Connection, drafts: Sequence[Draft], accounts: dict[str, _Account]) -> None:
-    """Check the no-negative rule, then apply the drafts' deltas to the balance rows.
+def _move_balances(
+    conn: Connection, drafts: Sequence[Draft], accounts: dict[str, _Account]
+) -> list[dict[str, int]]:
+    """Check the no-negative rule; return the balance-row deltas to apply (:func:`_write_movements`).
 
     Only an account that may not go negative and loses money in this batch needs the check: its
     account row is locked (``FOR UPDATE``, by id) so debits of it run one at a time, then its
@@ -356,7 +364,7 @@ def _move_balances(conn: Connection, drafts: Sequence[Draft], accounts: dict[str
     :class:`InsufficientFunds` before any balance row is written.
     """
     if not drafts:
-        return
+        return []
     net: dict[str, int] = defaultdict(int)
     per_row: dict[tuple[int, int, int], int] = defaultdict(int)
     # One slot per batch and account, picked from the first key: spreads concurrent postings.
@@ -373,8 +381,8 @@ def _move_balances(conn: Connection, drafts: Sequence[Draft], accounts: dict[str
     }
     if guarded:
         ids = sorted(guarded)
-        conn.execute(_LOCK, {"ids": ids}).all()
-        held = dict(conn.execute(_HELD, {"ids": ids}).all())
+        conn.execute(bulk.for_conn(_LOCK, conn), {"ids": ids}).all()
+        held = dict(conn.execute(bulk.for_conn(_HELD, conn), {"ids": ids}).all())
         for account_id in ids:
             code, delta = guarded[account_id]
             balance = int(held.get(account_id) or 0)
@@ -387,10 +395,33 @@ def _move_balances(conn: Connection, drafts: Sequence[Draft], accounts: dict[str
         for (account_id, layer, slot), delta in sorted(per_row.items())  # one global order
         if delta
     ]
-    if rows and bulk.is_postgresql(conn):  # one statement; rows keep the sorted (lock) order
-        bulk.insert_rows(conn, ledger_balances, rows, suffix=_PG_BALANCES_SUFFIX)
-    elif rows:
-        conn.execute(_statements(conn).add_to_balance, rows)
+    return rows
+
+
+def _write_movements(
+    conn: Connection, balance_rows: list[dict[str, int]], line_rows: list[dict[str, int]]
+) -> None:
+    """Apply the balance deltas (in their sorted lock order), then store the lines.
+
+    PostgreSQL: ONE statement for both — the balance upsert as a data-modifying ``WITH`` part of the
+    lines insert (:func:`.bulk.together`), one round trip. They touch different tables; the lines'
+    foreign keys take only KEY SHARE locks on account rows, which no writer here ever waits on, so
+    the order among balance rows alone decides waits, as before. Elsewhere: two ``executemany``.
+    """
+    if not bulk.is_postgresql(conn):
+        if balance_rows:
+            conn.execute(_statements(conn).add_to_balance, balance_rows)
+        bulk.insert_rows(conn, ledger_lines, line_rows)
+        return
+    if balance_rows and line_rows:
+        params = bulk.columns_of(balance_rows, _BALANCE_COLUMNS, "b_") | bulk.columns_of(
+            line_rows, _LINE_COLUMNS
+        )
+        conn.exec_driver_sql(_PG_MOVEMENTS, params)
+    elif balance_rows:
+        bulk.insert_rows(conn, ledger_balances, balance_rows, suffix=_PG_BALANCES_SUFFIX)
+    else:
+        bulk.insert_rows(conn, ledger_lines, line_rows)
 
 
 def stored_lines(conn: Connection, posting_id: int):  # type: ignore[no-untyped-def]

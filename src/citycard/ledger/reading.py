@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection, bindparam, func, select
 
+from citycard.ledger import bulk
 from citycard.ledger.journal import CODES_PER_QUERY_MAX, Draft, Entry, assert_balanced, stored_lines
 from citycard.ledger.model import Layer, PostedLine, Posting, UnknownAccount
 from citycard.ledger.tables import ledger_accounts, ledger_balances, ledger_postings
@@ -48,7 +49,7 @@ def find_posting(conn: Connection, key: str) -> Posting | None:
     )
 
 
-def _sum_query(layer_filter: bool):  # type: ignore[no-untyped-def]
+def _sum_query(layer_filter: bool, member: bulk.Member):  # type: ignore[no-untyped-def]
     join = _B.account_id == _A.id
     if layer_filter:
         join = join & (_B.layer == bindparam("layer"))
@@ -56,18 +57,18 @@ def _sum_query(layer_filter: bool):  # type: ignore[no-untyped-def]
         select(_A.code, func.coalesce(func.sum(_B.balance_fen), 0))
         .select_from(ledger_accounts)
         .outerjoin(ledger_balances, join)
-        .where(_A.code.in_(bindparam("codes", expanding=True)))
+        .where(member(_A.code, "codes"))
         .group_by(_A.code)
     )
 
 
-# Built once: the issuer reads balances on its hot path.
-_SUM_ALL_LAYERS = _sum_query(False)
-_SUM_ONE_LAYER = _sum_query(True)
+# Built once per backend (bulk.per_backend): the issuer reads balances on its hot path.
+_SUM_ALL_LAYERS = bulk.per_backend(lambda member: _sum_query(False, member))
+_SUM_ONE_LAYER = bulk.per_backend(lambda member: _sum_query(True, member))
 
 
 def _sums(conn: Connection, codes: Sequence[str], layer: Layer | None) -> dict[str, int]:
-    query = _SUM_ALL_LAYERS if layer is None else _SUM_ONE_LAYER
+    query = bulk.for_conn(_SUM_ALL_LAYERS if layer is None else _SUM_ONE_LAYER, conn)
     params = {} if layer is None else {"layer": int(Layer(layer))}
     wanted = sorted(set(codes))
     found: dict[str, int] = {}

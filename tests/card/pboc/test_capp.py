@@ -131,3 +131,19 @@ def test_part14_state_survives_the_image(card, kit, sealer):
     card.gpo_qpboc(amount=100, ttq="28000000", df60=1)
     assert card.send(update(card, TRIP_EMPTY)) == (b"", OK)  # the record key came back sealed
     assert card.app.counters.ec_balance_fen == 4700
+
+
+def test_issuer_update_under_the_opening_key_outside_a_purchase(card, kit):
+    """The platform's unload/reload (docs/applications.md): 84 DE with the opening key's MAC after
+    any GPO rewrites an opened record, no purchase; a record key's MAC there is still 6985."""
+    opened(card, kit)
+    card.gpo_contact(amount=0)
+    invalid = TRIP_ID + h("00") + bytes(61)
+    assert card.send(update(card, invalid, key=RECORD_KEY))[1] == 0x6985  # a sector key: a purchase only
+    assert card.send(update(card, invalid, key=kit.CAPP_KEYS[1]))[1] == 0x6985  # another file's key
+    assert card.send(update(card, h("0571") + bytes(62), key=kit.CAPP_KEYS[0]))[1] == 0x6A83
+    assert card.send("80B400A8020570")[0] == TRIP_EMPTY
+    balance = card.app.counters.ec_balance_fen
+    assert card.send(update(card, invalid, key=kit.CAPP_KEYS[0])) == (b"", OK)
+    assert card.send("80B400A8020570")[0] == invalid
+    assert card.app.counters.ec_balance_fen == balance  # nothing debited, nothing pending

@@ -29,6 +29,11 @@ Choices where the notes are thin (all UNCERTAIN):
   ``ctx.save()``. A transaction aborted before it (deselection, new SELECT, tear) commits neither;
   a later cache update in the same transaction commits its record alone. A terminal must keep the
   GPO's TC only when the cache update answered 9000.
+* **Issuer update** (application loading, docs/applications.md; a project choice, UNCERTAIN):
+  outside such a purchase, after any GPO (an ATC), ``84 DE`` whose MAC verifies under the file's
+  **opening key** (8020: the issuer's, not a sector's record key) rewrites an opened variable
+  record without any purchase — how the platform marks a sector application's record invalid
+  (unload) or loads it again. Every other ``80/84 DE`` outside a purchase is still refused (6985).
 """
 
 from __future__ import annotations
@@ -284,10 +289,7 @@ def update_capp_data_cache(app: PbocApplication, command: Command, ctx: CardCont
     file = _file(app, command)
     txn = app.txn
     if not (txn.capp and txn.capp_approved):
-        raise CardError(
-            sw.CONDITIONS_NOT_SATISFIED,
-            "UPDATE CAPP DATA CACHE needs a qPBOC GPO with DF60 = 01 approved offline",
-        )
+        return _issuer_update(app, command, ctx, file)
     data = command.data
     record = data[:-MAC_BYTES] if command.secure_messaging else data
     size_max = file.record_bytes_max if file.kind == VARIABLE else file.cyclic_record_bytes
@@ -309,5 +311,43 @@ def update_capp_data_cache(app: PbocApplication, command: Command, ctx: CardCont
     else:
         file.cyclic.insert(0, record)
         del file.cyclic[file.cyclic_count :]
+    ctx.save()
+    return Response()
+
+
+def _issuer_update(app: PbocApplication, command: Command, ctx: CardContext, file: CappFile) -> Response:
+    """``84 DE`` outside a Part 14 purchase: the issuer rewrites an opened record (module note).
+
+    Accepted only with the MAC under the file's opening key (8020) after a GPO; anything else is
+    refused with 6985 as before (a record key's MAC belongs to a purchase), and nothing changes.
+    """
+    txn = app.txn
+    data = command.data
+    if (
+        not command.secure_messaging
+        or file.kind != VARIABLE
+        or file.key is None
+        or txn.suite is None
+        or not txn.atc
+        or len(data) < RECORD_ID_BYTES + MAC_BYTES
+    ):
+        raise CardError(
+            sw.CONDITIONS_NOT_SATISFIED,
+            "UPDATE CAPP DATA CACHE needs a qPBOC GPO with DF60 = 01 approved offline",
+        )
+    record = data[:-MAC_BYTES]
+    header = command.header + bytes([len(data)])
+    expected = capp_mac(file.key, header=header, data=record, tag_9f36=txn.atc, suite=txn.suite)
+    if not hmac.compare_digest(expected, data[-MAC_BYTES:]):
+        raise CardError(
+            sw.CONDITIONS_NOT_SATISFIED,
+            "UPDATE CAPP DATA CACHE outside a purchase needs the issuer's MAC under the opening key",
+        )
+    if len(record) > file.record_bytes_max:
+        raise CardError(sw.WRONG_LENGTH, f"record must be 2–{file.record_bytes_max} bytes, got {len(record)}")
+    ident = record[:RECORD_ID_BYTES]
+    if ident not in file.records:
+        raise CardError(sw.RECORD_NOT_FOUND, f"record {ident.hex().upper()} is not opened")
+    file.records[ident] = record
     ctx.save()
     return Response()

@@ -1,0 +1,218 @@
+"""``/v1/cards``: apply, read, status, timeline, and every lifecycle action as
+``POST /v1/cards/{id}/<action>`` (issue 6 item 2; the state machine is citycard.platform.cards).
+
+A loss report is one call: the platform blocks the card at the issuer, records the report minute
+and emits ``card.lost`` in the same transaction (outbox); blacklists and sector subscribers follow
+from that event.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from pathlib import Path as FsPath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from citycard.api.auth import Caller, Principal, authorize
+from citycard.api.deps import check_card, check_sector_consent, reading
+from citycard.api.idempotency import IdempotencyKey, idempotent_write
+from citycard.api.pagination import page
+from citycard.platform import cards
+
+router = APIRouter(prefix="/v1/cards", tags=["cards"], dependencies=[Depends(authorize)])
+
+CardId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+PROFILE_PATTERN = r"^[a-z0-9][a-z0-9-]{1,63}$"
+TIMELINE_LIMIT_MAX = 200
+
+
+class CardApplication(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cardholder_id: int = Field(ge=1, le=2**63 - 1)
+    profile: str = Field(
+        default="citizen-card-gm", pattern=PROFILE_PATTERN, description="card profile (data/profiles)"
+    )
+    issuer: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{1,31}$",
+                               description="issuer (data/hosts/issuers.toml); the platform default if absent")  # fmt: skip
+
+
+REASON_CHARS_MAX = 200
+
+
+class NoBody(BaseModel):
+    """An action's optional body: the reason written in the audit row (or no body at all)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(default="", max_length=REASON_CHARS_MAX, description="why (kept in the audit trail)")
+
+
+class LossReport(NoBody):
+    formal: bool = Field(
+        default=False, description="false: oral report (挂失, temporary); true: formal (正式挂失)"
+    )
+    at: AwareDatetime | None = Field(default=None, description="the report minute; now if absent")
+
+
+class CardStatus(BaseModel):
+    id: int
+    state: str
+    dormant: bool
+    lost_at: str | None = Field(description="the loss report minute (ISO 8601 UTC), if reported")
+
+
+def _card_for(conn: Any, principal: Principal, card_id: int) -> dict[str, Any]:
+    card = check_card(principal, cards.get(conn, card_id))
+    check_sector_consent(conn, principal, card["cardholder_id"])
+    return card
+
+
+def _platform_call(function: Callable[..., Any], conn: Any, card_id: int, request: Request, principal: Principal,
+                   **given: Any) -> Any:  # fmt: skip
+    """Call a lifecycle function with the keyword arguments it declares among hsm, image_dir, actor."""
+    state = request.app.state
+    offered = {
+        "hsm": state.hsm,
+        "image_dir": FsPath(state.settings.image_dir),
+        "actor": principal.actor,
+        **given,
+    }
+    accepted = inspect.signature(function).parameters
+    return function(conn, card_id, **{k: v for k, v in offered.items() if k in accepted})
+
+
+def _reason(body: NoBody | None) -> dict[str, Any]:
+    return {"reason": body.reason} if body is not None and body.reason else {}
+
+
+def _lifecycle(request: Request, principal: Principal, key: str, card_id: int, function: Callable[..., Any],
+               payload: dict[str, Any] | None = None, **given: Any) -> Response:  # fmt: skip
+    def action(conn: Any) -> Any:
+        _card_for(conn, principal, card_id)  # 404 for a card the caller may not see
+        result = _platform_call(function, conn, card_id, request, principal, **given)
+        if function is cards.cancel:  # returns the refund in fen
+            return {"card": cards.get(conn, card_id), "refund_fen": result}
+        return result
+
+    payload = {
+        "card_id": card_id,
+        **(payload or {}),
+        **({"reason": given["reason"]} if "reason" in given else {}),
+    }
+    return idempotent_write(request, principal, key, payload, action)
+
+
+@router.post("", name="cards.apply", status_code=201, summary="Apply for a card for a cardholder")
+def apply(request: Request, body: CardApplication, principal: Caller, key: IdempotencyKey) -> Response:
+    issuer = body.issuer or request.app.state.settings.issuer
+    return idempotent_write(
+        request, principal, key, body.model_dump() | {"issuer": issuer},
+        lambda conn: cards.apply(conn, body.cardholder_id, profile=body.profile, issuer=issuer,
+                                 actor=principal.actor),
+        status_code=201,
+    )  # fmt: skip
+
+
+@router.get("/{card_id}", name="cards.get", summary="One card")
+def get(request: Request, card_id: CardId, principal: Caller) -> dict[str, Any]:
+    with reading(request) as conn:
+        return _card_for(conn, principal, card_id)
+
+
+@router.get("/{card_id}/status", name="cards.status", summary="A card's state (terminals, banks, sectors)",
+            response_model=CardStatus)  # fmt: skip
+async def status(request: Request, card_id: CardId) -> Response:
+    # The hot read (terminals; `citycard bench api`): one primary-key read run on the event loop, and
+    # the JSON written directly — a worker-thread hop and the response-model pass cost more than the
+    # read itself (docs/api.md, Performance).
+    principal = request.state.principal  # set by the router's authorize (one dependency tree, not two)
+    with reading(request) as conn:
+        card = _card_for(conn, principal, card_id)
+    body = {"id": card["id"], "state": card["state"], "dormant": bool(card.get("dormant", False)),
+            "lost_at": card.get("lost_at")}  # fmt: skip
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+
+@router.get("/{card_id}/timeline", name="cards.timeline", summary="A card's events across all sectors")
+def timeline(request: Request, card_id: CardId, principal: Caller) -> dict[str, Any]:
+    with reading(request) as conn:
+        _card_for(conn, principal, card_id)
+        return page(cards.timeline(conn, card_id), None)
+
+
+@router.post("/{card_id}/approve", name="cards.approve", summary="Approve an application")
+def approve(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
+            body: NoBody | None = None) -> Response:  # fmt: skip
+    return _lifecycle(request, principal, key, card_id, cards.approve, **_reason(body))
+
+
+@router.post(
+    "/{card_id}/prepare", name="cards.prepare", summary="Data preparation (PAN/PSN, keys in the HSM)"
+)
+def prepare(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
+            body: NoBody | None = None) -> Response:  # fmt: skip
+    return _lifecycle(request, principal, key, card_id, cards.prepare, **_reason(body))
+
+
+@router.post("/{card_id}/personalise", name="cards.personalise", summary="Personalise a virtual card image")
+def personalise(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
+                body: NoBody | None = None) -> Response:  # fmt: skip
+    return _lifecycle(request, principal, key, card_id, cards.personalise, **_reason(body))
+
+
+@router.post("/{card_id}/issue", name="cards.issue", summary="Issue: enrol the card at the issuer")
+def issue(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
+          body: NoBody | None = None) -> Response:  # fmt: skip
+    return _lifecycle(request, principal, key, card_id, cards.issue, **_reason(body))
+
+
+@router.post("/{card_id}/activate", name="cards.activate", summary="Activate an issued card")
+def activate(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
+             body: NoBody | None = None) -> Response:  # fmt: skip
+    return _lifecycle(request, principal, key, card_id, cards.activate, **_reason(body))
+
+
+@router.post("/{card_id}/report-loss", name="cards.report_loss",
+             summary="Loss report: blocks the card at the issuer, blacklists it, tells every sector")  # fmt: skip
+def report_loss(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
+                body: LossReport | None = None) -> Response:  # fmt: skip
+    body = body or LossReport()
+    given: dict[str, Any] = {"formal": body.formal, **_reason(body)}
+    if body.at is not None:
+        given["at"] = body.at
+    return _lifecycle(
+        request, principal, key, card_id, cards.report_loss, body.model_dump(mode="json"), **given
+    )
+
+
+@router.post("/{card_id}/unblock", name="cards.unblock", summary="Lift an oral loss report")
+def unblock(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
+            body: NoBody | None = None) -> Response:  # fmt: skip
+    return _lifecycle(request, principal, key, card_id, cards.unblock, **_reason(body))
+
+
+@router.post("/{card_id}/replace", name="cards.replace",
+             summary="Replace: a new card, the EC balance moved exactly once, applications reloaded")  # fmt: skip
+def replace(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
+            body: NoBody | None = None) -> Response:  # fmt: skip
+    return _lifecycle(request, principal, key, card_id, cards.replace, **_reason(body))
+
+
+@router.post("/{card_id}/cancel", name="cards.cancel", summary="Cancel and refund (balance + deposit)")
+def cancel(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
+           body: NoBody | None = None) -> Response:  # fmt: skip
+    return _lifecycle(request, principal, key, card_id, cards.cancel, **_reason(body))
+
+
+@router.get("", name="cards.by_pan", summary="Find a card by PAN and PSN")
+def by_pan(
+    request: Request,
+    principal: Caller,
+    pan: Annotated[str, Query(pattern=r"^[0-9]{12,19}$")],
+    psn: Annotated[int, Query(ge=0, le=99)] = 1,
+) -> dict[str, Any]:
+    with reading(request) as conn:
+        return _card_for(conn, principal, cards.by_pan(conn, pan, psn)["id"])

@@ -1,0 +1,86 @@
+"""The API's lifespan runs the NATS JetStream relay of the exchange's event log (issue 6 item 5):
+an event committed while the server runs reaches the stream, and the relay stops with the server.
+
+Real uvicorn (lifespan on), real NATS at nats://127.0.0.1:4222 (require_service)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+
+import pytest
+import uvicorn
+from tests import dbtools
+from tests.conftest import require_service
+from tests.platform.test_nats_relay import NATS_URL, _delete_stream, _reachable, _stream_messages
+
+from citycard.api import create_app
+from citycard.api.settings import ApiSettings
+from citycard.db import write_transaction
+from citycard.hsm import SoftHSM
+from citycard.platform import events, nats_relay
+
+RELAY_WAIT_S = 20
+
+
+class ThreadServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test thread is not the main thread
+        pass
+
+
+@pytest.fixture
+def relay_config():
+    require_service(_reachable(NATS_URL), f"NATS at {NATS_URL} unreachable")
+    tag = secrets.token_hex(4)
+    config = nats_relay.RelayConfig(
+        url=NATS_URL, stream=f"CITYCARD_API_{tag}", subject_prefix=f"citycardapi.{tag}.events",
+        poll_interval_s=0.05,
+    )  # fmt: skip
+    yield config
+    asyncio.run(_delete_stream(config))
+
+
+def test_the_server_relays_committed_events_to_jetstream(tmp_path, relay_config):
+    with dbtools.fresh_database("sqlite", tmp_path) as url:
+        engine = dbtools.migrated_engine(url)
+        hsm = SoftHSM.open(tmp_path / "hsm-keys.json", master_key_file=tmp_path / "hsm-master.key")
+        app = create_app(
+            engine=engine,
+            hsm=hsm,
+            settings=ApiSettings(image_dir=tmp_path / "cards"),
+            relay_config=relay_config,
+        )
+        server = ThreadServer(
+            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + RELAY_WAIT_S
+            while not server.started:
+                assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+                time.sleep(0.01)
+            assert app.state.nats_relay is not None  # the lifespan started the relay task
+            with write_transaction(engine) as conn:
+                seq = events.emit(conn, "card.lost", card_id=7, payload={"formal": True})
+            found: list = []
+            while time.monotonic() < deadline:
+                try:
+                    found = asyncio.run(_stream_messages(relay_config))
+                except Exception:  # noqa: BLE001 - the stream appears once the relay has connected
+                    found = []
+                if found:
+                    break
+                time.sleep(0.1)
+            assert [(subject, msg_id) for subject, _, msg_id in found] == [
+                (f"{relay_config.subject_prefix}.card.lost", str(seq))
+            ]
+            assert found[0][1]["payload"] == {"formal": True}
+        finally:
+            server.should_exit = True
+            thread.join(timeout=15)
+            engine.dispose()
+        assert not thread.is_alive()
+        assert app.state.nats_relay.done()  # stopped with the server
