@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import itertools
 import secrets
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -20,9 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from tests import dbtools
 from tests.conftest import require_service
+from tests.httpserver import start_server
 
 from citycard.api import ApiSettings, create_app
 from citycard.api import auth as api_auth
@@ -32,7 +29,6 @@ from citycard.hsm import SoftHSM
 from citycard.platform import cardholders
 from citycard.platform.identity import check_character
 
-SERVER_START_S = 20.0
 ADMIN_PASSWORD = "admin-password-for-tests"
 _serial = itertools.count(1)
 
@@ -65,28 +61,6 @@ class Live:
     def client(self, role: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = dict(self.headers[role]) if role else {}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=60, **kwargs)
-
-
-class ThreadServer(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the test thread is not the main thread
-        pass
-
-
-def start_server(app: Any) -> tuple[ThreadServer, threading.Thread, str]:
-    # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted sockets (no 40 ms Nagle stalls)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = ThreadServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + SERVER_START_S
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("API server did not start")
-        time.sleep(0.01)
-    return server, thread, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.service)])

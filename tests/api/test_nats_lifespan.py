@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import threading
 import time
 
 import pytest
-import uvicorn
 from tests import dbtools
 from tests.conftest import require_service
+from tests.httpserver import start_server
 from tests.platform.test_nats_relay import NATS_URL, _delete_stream, _reachable, _stream_messages
 
 from citycard.api import create_app
@@ -23,11 +22,6 @@ from citycard.hsm import SoftHSM
 from citycard.platform import events, nats_relay
 
 RELAY_WAIT_S = 20
-
-
-class ThreadServer(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the test thread is not the main thread
-        pass
 
 
 @pytest.fixture
@@ -52,16 +46,9 @@ def test_the_server_relays_committed_events_to_jetstream(tmp_path, relay_config)
             settings=ApiSettings(image_dir=tmp_path / "cards"),
             relay_config=relay_config,
         )
-        server = ThreadServer(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
+        server, thread, _ = start_server(app, lifespan="on")
         try:
             deadline = time.monotonic() + RELAY_WAIT_S
-            while not server.started:
-                assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-                time.sleep(0.01)
             assert app.state.nats_relay is not None  # the lifespan started the relay task
             with write_transaction(engine) as conn:
                 seq = events.emit(conn, "card.lost", card_id=7, payload={"formal": True})

@@ -37,37 +37,36 @@ def env(data_dir) -> dict[str, str]:
     return {**os.environ, "CITYCARD_DATA_DIR": str(data_dir)}
 
 
-@pytest.fixture(scope="module")
-def master_card(data_dir, env) -> Path:
-    """A GM debit card personalised with the HSM all processes open, enrolled at the issuer with
-    100.00 yuan in its account; terminal 00000001 has its TMK."""
+def personalise_and_enrol(data_dir: Path, env: dict[str, str], directory: Path, profile: str,
+                          *enrol_options: str) -> Path:  # fmt: skip
+    """A card of ``profile`` personalised into ``directory`` with the HSM all processes open (the data
+    directory's), enrolled at the issuer citybank with ACCOUNT_YUAN in its account."""
     from citycard.cli.bench_card import personalise_card
     from citycard.hsm import SoftHSM
 
+    directory.mkdir(exist_ok=True)
     old = os.environ.get("CITYCARD_DATA_DIR")
     os.environ["CITYCARD_DATA_DIR"] = str(data_dir)
     try:
-        path, prepared = personalise_card(
-            data_dir, SoftHSM.open(), profile="pboc-debit-gm", balance_fen=BALANCE_FEN
-        )
+        path, prepared = personalise_card(directory, SoftHSM.open(), profile=profile, balance_fen=BALANCE_FEN)
     finally:
         if old is None:
             del os.environ["CITYCARD_DATA_DIR"]
         else:
             os.environ["CITYCARD_DATA_DIR"] = old
-    expiry = prepared.expiry.strftime("%y%m")
-    enrol = ("enrol", "--issuer", "citybank", "--pan", prepared.pan, "--psn", str(int(prepared.psn)),
-             "--expiry", expiry, "--suite", "gm", "--balance", ACCOUNT_YUAN)  # fmt: skip
-    for args in (enrol, ("terminal-key", "--terminal-id", "00000001", "--suite", "gm")):
-        done = subprocess.run(
-            [sys.executable, "-m", "citycard.cli.main", "host", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
+    suite = "intl" if profile.endswith("-intl") else "gm"
+    host_command(env, "enrol", "--issuer", "citybank", "--pan", prepared.pan, "--psn", str(int(prepared.psn)),
+                 "--expiry", prepared.expiry.strftime("%y%m"), "--suite", suite, "--balance", ACCOUNT_YUAN,
+                 *enrol_options)  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def master_card(data_dir, env) -> Path:
+    """A GM debit card enrolled at the issuer with 100.00 yuan in its account; terminal 00000001 has
+    its TMK."""
+    path = personalise_and_enrol(data_dir, env, data_dir, "pboc-debit-gm")
+    host_command(env, "terminal-key", "--terminal-id", "00000001", "--suite", "gm")
     return path
 
 
@@ -87,25 +86,7 @@ def host_command(env: dict[str, str], *args: str) -> None:
 def intl_pin_card(data_dir, env) -> Path:
     """An INTL debit card whose CVM list asks for the online PIN first, enrolled with PIN 4321;
     terminal 00000002 has an INTL TMK, so its session PIK is 3DES (F52 b64)."""
-    from citycard.cli.bench_card import personalise_card
-    from citycard.hsm import SoftHSM
-
-    directory = data_dir / "intl"
-    directory.mkdir()
-    old = os.environ.get("CITYCARD_DATA_DIR")
-    os.environ["CITYCARD_DATA_DIR"] = str(data_dir)
-    try:
-        path, prepared = personalise_card(
-            directory, SoftHSM.open(), profile="pboc-debit-intl", balance_fen=BALANCE_FEN
-        )
-    finally:
-        if old is None:
-            del os.environ["CITYCARD_DATA_DIR"]
-        else:
-            os.environ["CITYCARD_DATA_DIR"] = old
-    host_command(env, "enrol", "--issuer", "citybank", "--pan", prepared.pan, "--psn", str(int(prepared.psn)),
-                 "--expiry", prepared.expiry.strftime("%y%m"), "--suite", "intl", "--pin", "4321",
-                 "--balance", ACCOUNT_YUAN)  # fmt: skip
+    path = personalise_and_enrol(data_dir, env, data_dir / "intl", "pboc-debit-intl", "--pin", "4321")
     host_command(env, "terminal-key", "--terminal-id", "00000002", "--suite", "intl")
     return path
 
@@ -274,26 +255,8 @@ def ec_state(data_dir: Path, card: Path, env: dict[str, str]) -> tuple[int, int,
 def ec_card(data_dir, env) -> Path:
     """A GM debit card of its own (the other tests' copies share one ATC sequence, which the issuer
     would refuse as a replay), enrolled with its EC balance as the issuer's shadow."""
-    from citycard.cli.bench_card import personalise_card
-    from citycard.hsm import SoftHSM
-
-    directory = data_dir / "ec"
-    directory.mkdir()
-    old = os.environ.get("CITYCARD_DATA_DIR")
-    os.environ["CITYCARD_DATA_DIR"] = str(data_dir)
-    try:
-        path, prepared = personalise_card(
-            directory, SoftHSM.open(), profile="pboc-debit-gm", balance_fen=BALANCE_FEN
-        )
-    finally:
-        if old is None:
-            del os.environ["CITYCARD_DATA_DIR"]
-        else:
-            os.environ["CITYCARD_DATA_DIR"] = old
-    host_command(env, "enrol", "--issuer", "citybank", "--pan", prepared.pan, "--psn", str(int(prepared.psn)),
-                 "--expiry", prepared.expiry.strftime("%y%m"), "--suite", "gm", "--balance", ACCOUNT_YUAN,
-                 "--ec-balance", f"{BALANCE_FEN // 100}.{BALANCE_FEN % 100:02d}")  # fmt: skip
-    return path
+    ec_balance = f"{BALANCE_FEN // 100}.{BALANCE_FEN % 100:02d}"
+    return personalise_and_enrol(data_dir, env, data_dir / "ec", "pboc-debit-gm", "--ec-balance", ec_balance)
 
 
 def test_ec_load_over_tcp_tops_up_the_card_and_the_issuer_agrees(ec_card, env, issuer, data_dir):

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,9 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from tests import dbtools
 from tests.conftest import require_service
+from tests.httpserver import start_server
 
 from citycard.api import auth as api_auth
 from citycard.api.app import create_app
@@ -36,7 +33,6 @@ from citycard.platform import applications, cardholders, cards, events
 from citycard.platform.identity import check_character
 from citycard.web import mount
 
-SERVER_START_S = 20.0
 PASSWORD = "console-password-for-tests"
 OPERATOR = "ops"
 REGULATOR = "regulator1"
@@ -59,11 +55,6 @@ def csrf_of(html: str) -> str:
     found = CSRF_INPUT.search(html)
     assert found, "no csrf_token input in the page"
     return found.group(1)
-
-
-class ThreadServer(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the test thread is not the main thread
-        pass
 
 
 @dataclass
@@ -113,25 +104,6 @@ class Console:
                 else:
                     getattr(cards, step)(conn, card_id, actor=ACTOR)
         return card_id
-
-
-def start_server(app: Any) -> tuple[ThreadServer, threading.Thread, str]:
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
-    # accepted sockets inherit it. With proto 0 every response with a body (headers and body are two
-    # writes) waits ~40 ms for the client's delayed ACK (Nagle).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = ThreadServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + SERVER_START_S
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("console server did not start")
-        time.sleep(0.01)
-    return server, thread, f"http://127.0.0.1:{port}"
 
 
 @contextmanager
