@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from citycard.crypto.cryptogram import pboc_ac_data
+from citycard.crypto.cryptogram import pboc_ac_data_from_tags
 from citycard.emv.bits import TSI, TVR
 from citycard.emv.tlv import TLV, decode_dict, encode, encode_one
 from citycard.kernel.contact import (
@@ -29,19 +29,7 @@ NEVER = lambda n: n - 1  # noqa: E731 — random transaction selection never pic
 
 
 def ac_input(values: dict[str, bytes]) -> bytes:
-    return pboc_ac_data(
-        tag_9f02=values["9F02"],
-        tag_9f03=values["9F03"],
-        tag_9f1a=values["9F1A"],
-        tag_95=values["95"],
-        tag_5f2a=values["5F2A"],
-        tag_9a=values["9A"],
-        tag_9c=values["9C"],
-        tag_9f37=values["9F37"],
-        tag_82=values["82"],
-        tag_9f36=values["9F36"],
-        cvr=values["9F10"][3:7],
-    )
+    return pboc_ac_data_from_tags(values)
 
 
 class Issuer:

@@ -23,7 +23,7 @@ import sys
 import threading
 from typing import Any
 
-from citycard.crypto.cryptogram import pboc_ac_data
+from citycard.crypto.cryptogram import pboc_ac_data_from_tags
 from citycard.crypto.iad import parse_iad
 from citycard.emv.tlv import TLV, decode_dict, encode_one
 from citycard.emv.tlv import encode as encode_tlv
@@ -36,19 +36,7 @@ LOADED_FEN = 12_345
 
 
 def ac_input(values: dict[str, bytes]) -> bytes:
-    return pboc_ac_data(
-        tag_9f02=values["9F02"],
-        tag_9f03=values["9F03"],
-        tag_9f1a=values["9F1A"],
-        tag_95=values["95"],
-        tag_5f2a=values["5F2A"],
-        tag_9a=values["9A"],
-        tag_9c=values["9C"],
-        tag_9f37=values["9F37"],
-        tag_82=values["82"],
-        tag_9f36=values["9F36"],
-        cvr=values["9F10"][3:7],
-    )
+    return pboc_ac_data_from_tags(values)
 
 
 class IssuerStandIn:

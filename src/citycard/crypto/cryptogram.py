@@ -8,6 +8,7 @@ SM4 (pboc-notes §4.2, §4.3).
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 
 from citycard.crypto.blockcipher import xor
 from citycard.crypto.mac import pad_method_2
@@ -82,6 +83,19 @@ def pboc_ac_data(
         if len(value) != length:
             raise ValueError(f"{name} must be {length} bytes, got {len(value)}")
     return b"".join(value for _, value, _ in parts)
+
+
+def pboc_ac_data_from_tags(values: Mapping[str, bytes], *, cvr: bytes | None = None) -> bytes:
+    """:func:`pboc_ac_data` from a dict of tag → value (field 55, a CDOL1 split, a batch record).
+
+    ``cvr`` defaults to the CVR field of the PBOC IAD in ``values["9F10"]`` (bytes 3–6); a missing
+    tag raises KeyError naming it.
+    """
+    return pboc_ac_data(
+        tag_9f02=values["9F02"], tag_9f03=values["9F03"], tag_9f1a=values["9F1A"], tag_95=values["95"],
+        tag_5f2a=values["5F2A"], tag_9a=values["9A"], tag_9c=values["9C"], tag_9f37=values["9F37"],
+        tag_82=values["82"], tag_9f36=values["9F36"], cvr=values["9F10"][3:7] if cvr is None else cvr,
+    )  # fmt: skip
 
 
 def generate_arpc(session_key: bytes, *, tag_9f26: bytes, tag_8a: bytes, suite: Suite) -> bytes:
