@@ -68,6 +68,16 @@ def _replay(row: Any, request_digest: str, key: str) -> Response:
                     headers={REPLAYED_HEADER: "true"})  # fmt: skip
 
 
+def _lock_key(conn: Connection, principal: Principal, key: str) -> None:
+    """Serialise requests carrying the same key. SQLite's write transaction already does (BEGIN
+    IMMEDIATE); on PostgreSQL two of them would both run the action, and the loser could fail with
+    the action's own conflict (e.g. 409 "already registered") instead of replaying the winner's
+    answer. A transaction-scoped advisory lock on the key makes the second wait, then replay."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                     {"k": f"idempotency:{principal.ref}:{key}"})  # fmt: skip
+
+
 def idempotent_write(
     request: Request,
     principal: Principal,
@@ -92,7 +102,8 @@ def idempotent_write(
         return _replay(row, digest, key)
     try:
         with write_transaction(engine) as conn:
-            row = _stored(conn, principal, key)  # again, under the write lock (SQLite)
+            _lock_key(conn, principal, key)
+            row = _stored(conn, principal, key)  # again, under the write lock
             if row is not None:
                 return _replay(row, digest, key)
             result = action(conn)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
 import statistics
 import subprocess
@@ -32,7 +31,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +38,7 @@ import typer
 from rich.console import Console
 
 from citycard.cli.bench import app
+from citycard.cli.bench_db import DbChoice, create_database, drop_database
 from citycard.cli.bench_tap import percentile_ms
 from citycard.cli.common import fail
 
@@ -54,13 +53,6 @@ ACCOUNT_FEN = 10_000_000  # 100,000 yuan per card: far more than any run spends
 SERVER_START_S = 120.0
 REQUEST_TIMEOUT_S = 10.0
 ERRORS_SHOWN = 10
-DEFAULT_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
-ADMIN_URL_ENV = "CITYCARD_TEST_DATABASE_URL"
-
-
-class DbChoice(StrEnum):
-    sqlite = "sqlite"
-    postgresql = "postgresql"
 
 
 def luhn_complete(digits: str) -> str:
@@ -74,44 +66,6 @@ def luhn_complete(digits: str) -> str:
         value = int(char) * (2 if index % 2 == 0 else 1)
         total += value - 9 if value > 9 else value
     return digits + str((10 - total % 10) % 10)
-
-
-# --- databases ----------------------------------------------------------------------------------
-def _libpq(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def create_database(kind: DbChoice, directory: Path) -> str:
-    """A fresh empty database: a SQLite file in ``directory`` or a new PostgreSQL ``ccbench_*``."""
-    if kind is DbChoice.sqlite:
-        return f"sqlite:///{directory / 'bench.db'}"
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    from citycard.db import normalize_url
-
-    admin = normalize_url(os.environ.get(ADMIN_URL_ENV) or DEFAULT_ADMIN_URL)
-    name = "ccbench_" + secrets.token_hex(6)
-    with psycopg.connect(_libpq(admin), autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return make_url(admin).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(url: str) -> None:
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "postgresql" or not (parsed.database or "").startswith("ccbench_"):
-        return
-    import psycopg
-
-    from citycard.db import normalize_url
-
-    admin = normalize_url(os.environ.get(ADMIN_URL_ENV) or DEFAULT_ADMIN_URL)
-    with psycopg.connect(_libpq(admin), autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
 
 
 # --- set-up -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from citycard.cli import bench, card, crypto, hsm, oda, selftest, terminal, terminal_params, tlv
+from citycard.cli import clearing as clearing_cli
 from citycard.cli import host as host_cli
 from citycard.cli import ledger as ledger_cli
 from citycard.cli import platform_exchange as platform_exchange_cli
@@ -20,7 +21,7 @@ UsageError: type[Exception] = typer.BadParameter.__mro__[1]
 
 app = typer.Typer(
     name="citycard",
-    help="citycard — PBOC 3.0 citizen card toolbox: TLV, cryptograms, ODA, self-test and benchmarks.",
+    help="citycard — one PBOC 3.0 card for a city: card, kernel, hosts, ledger, platform, clearing and tools.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -36,6 +37,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(ledger_cli.app, name="ledger")
 app.add_typer(host_cli.app, name="host")
 app.add_typer(switch_cli.app, name="switch")
+app.add_typer(clearing_cli.app, name="clearing")
 app.add_typer(platform_exchange_cli.blacklist_app, name="blacklist")
 app.add_typer(platform_exchange_cli.exchange_app, name="exchange")
 app.command(name="selftest")(selftest.selftest)

@@ -16,6 +16,7 @@ MODEL_MODULES: list[str] = [
     "citycard.platform.exchange_tables",
     "citycard.platform.application_tables",
     "citycard.api.tables",
+    "citycard.clearing.tables",
 ]
 
 

@@ -49,6 +49,7 @@ from citycard.iso8583.builders import ECHOED, classify, response
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 256  # requests handed to the handler at once
+BATCHES_IN_FLIGHT_MAX = 64  # batches a network-bound handler (the switch) may run at once
 QUEUE_MAX = 8_192  # requests waiting for the handler; readers pause (TCP backpressure) beyond it
 CONNECTIONS_MAX = 1_024
 READ_CHUNK = 65_536
@@ -195,9 +196,12 @@ class HostServer:
         connections_max: int = CONNECTIONS_MAX,
         on_batch: Callable[[int], None] | None = None,
         pin_keys: Mapping[str, str] | None = None,
+        batches_in_flight: int = 1,
     ) -> None:
         if not 1 <= batch_max <= QUEUE_MAX:
             raise ValueError(f"batch_max must be 1..{QUEUE_MAX}, got {batch_max}")
+        if not 1 <= batches_in_flight <= BATCHES_IN_FLIGHT_MAX:
+            raise ValueError(f"batches_in_flight must be 1..{BATCHES_IN_FLIGHT_MAX}, got {batches_in_flight}")
         self.handler = handler
         self.hsm = hsm
         self.host = host
@@ -205,6 +209,9 @@ class HostServer:
         self.require_mac = require_mac
         self.institution_id = institution_id
         self.batch_max = batch_max
+        # 1: a batch starts when the previous one is answered (the issuer: one commit per batch);
+        # more: a handler whose batches wait on the network (the switch) does not block the next one
+        self.batches_in_flight = batches_in_flight
         self.connections_max = connections_max
         self.stats = ServerStats()
         self._on_batch = on_batch
@@ -472,12 +479,24 @@ class HostServer:
     async def _dispatch(self) -> None:
         assert self._queue is not None
         queue = self._queue
+        slots = asyncio.Semaphore(self.batches_in_flight)
+        running: set[asyncio.Task[None]] = set()
         while True:
             items = [await queue.get()]
             while len(items) < self.batch_max and not queue.empty():
                 items.append(queue.get_nowait())
-            self._in_batch = len(items)
-            started = time.perf_counter()
+            await slots.acquire()
+            self._in_batch += len(items)  # shutdown waits until this is back to 0
+            if self.batches_in_flight == 1:
+                await self._run_batch(items, slots)
+                continue
+            task = asyncio.create_task(self._run_batch(items, slots))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    async def _run_batch(self, items: list[_Item], slots: asyncio.Semaphore) -> None:
+        started = time.perf_counter()
+        try:
             try:
                 answers = await self.handler.handle_batch([item.fields for item in items])
                 if len(answers) != len(items):
@@ -494,6 +513,8 @@ class HostServer:
             self.stats.batches += 1
             self.stats.batched += len(items)
             self.stats.handler_s += time.perf_counter() - started
-            self._in_batch = 0
-            if self._on_batch is not None:
-                self._on_batch(len(items))
+        finally:
+            self._in_batch -= len(items)
+            slots.release()
+        if self._on_batch is not None:
+            self._on_batch(len(items))

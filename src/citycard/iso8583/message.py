@@ -45,10 +45,10 @@ def _check_chars(key: str, value: str, spec: dict[str, dict[str, Any]]) -> None:
     fmt = _fmt(key, spec)
     allowed = FMT_CHARS.get(fmt)
     if allowed is not None:
-        bad = next((c for c in value if c not in allowed), None)
-        if bad is not None:
+        if not allowed.issuperset(value):  # a set test in C; the first bad character only for the message
+            bad = next(c for c in value if c not in allowed)
             raise Iso8583Error(f"{fmt} field holds {bad!r} (only {''.join(sorted(allowed))})", field=key)
-    elif not all(" " <= c <= "~" for c in value):
+    elif not (value.isascii() and value.isprintable()):  # = every character in " "…"~"
         raise Iso8583Error(f"{fmt} field holds a non-printable character", field=key)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -21,7 +22,10 @@ from citycard.api.auth import Caller, Principal, authorize
 from citycard.api.deps import check_card, check_sector_consent, reading
 from citycard.api.idempotency import IdempotencyKey, idempotent_write
 from citycard.api.pagination import page
+from citycard.api.roles import Role
 from citycard.platform import cards
+from citycard.platform.errors import NotFound
+from citycard.platform.tables import cards as card_table
 
 router = APIRouter(prefix="/v1/cards", tags=["cards"], dependencies=[Depends(authorize)])
 
@@ -55,6 +59,75 @@ class LossReport(NoBody):
         default=False, description="false: oral report (挂失, temporary); true: formal (正式挂失)"
     )
     at: AwareDatetime | None = Field(default=None, description="the report minute; now if absent")
+
+
+# The status read's statement: only the five columns it needs (the full card view masks the PAN,
+# formats six dates and lists the allowed actions), one named parameter. Compiled once per dialect
+# by _status_sql and run on a pooled DBAPI connection (see _status_row).
+_STATUS_READ = (
+    sa.select(card_table.c.id, card_table.c.cardholder_id, card_table.c.state, card_table.c.dormant,
+              card_table.c.lost_at)
+    .where(card_table.c.id == sa.bindparam("card_id"))
+)  # fmt: skip
+_STATUS_SQL: dict[tuple[str, str], tuple[str, bool, Callable[[Any], Any] | None]] = {}
+
+
+def _status_sql(dialect: Any) -> tuple[str, bool, Callable[[Any], Any] | None]:
+    """(SQL text, positional?, lost_at's result processor) of the status read for ``dialect``.
+
+    >>> from sqlalchemy.dialects import sqlite
+    >>> sql, positional, _ = _status_sql(sqlite.dialect())
+    >>> sql.split()[-3:], positional
+    (['platform_cards.id', '=', '?'], True)
+    """
+    key = (dialect.name, dialect.driver)
+    found = _STATUS_SQL.get(key)
+    if found is None:
+        compiled = _STATUS_READ.compile(dialect=dialect)
+        # lost_at is UTCDateTime: its processor (the dialect's and then ours) makes it aware UTC,
+        # exactly as a Connection.execute would.
+        lost_at = card_table.c.lost_at.type.dialect_impl(dialect).result_processor(dialect, None)
+        found = _STATUS_SQL[key] = (str(compiled), bool(compiled.positional), lost_at)
+    return found
+
+
+def _status_row(engine: Any, card_id: int) -> tuple[int, int, str, bool, Any] | None:
+    """(id, cardholder_id, state, dormant, lost_at) of the card, or None; one SELECT, no transaction.
+
+    A single SELECT is atomic on its own on both backends (SQLite autocommit mode takes and drops its
+    read snapshot around it; PostgreSQL gives the statement one snapshot), so the BEGIN … ROLLBACK of
+    a read_transaction and the Connection's event and compile-cache machinery around it buy nothing
+    here — and cost about as much as the read itself. The pool still checks the connection out
+    (pre-ping where configured) and resets it when it is returned.
+    """
+    sql, positional, lost_at = _status_sql(engine.dialect)
+    dbapi_connection = engine.raw_connection()
+    # psycopg would wrap the SELECT in BEGIN … ROLLBACK: two more round trips to the server. In
+    # autocommit the statement runs alone, as on SQLite (whose pysqlite connections the engine keeps
+    # in autocommit: db/engine.py). Put back before the connection returns to the pool.
+    driver = dbapi_connection.driver_connection  # the pool's proxy passes reads on, not assignments
+    switch = engine.dialect.name == "postgresql" and not driver.autocommit
+    try:
+        if switch:
+            driver.autocommit = True
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(sql, (card_id,) if positional else {"card_id": card_id})
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    finally:
+        if switch:
+            try:
+                driver.autocommit = False
+            except engine.dialect.loaded_dbapi.Error:
+                # A connection that cannot be put back as it was (server gone) must not be reused:
+                # a later write transaction would commit statement by statement.
+                dbapi_connection.invalidate()
+        dbapi_connection.close()  # back to the pool
+    if row is None:
+        return None
+    return int(row[0]), int(row[1]), row[2], bool(row[3]), lost_at(row[4]) if lost_at else row[4]
 
 
 class CardStatus(BaseModel):
@@ -129,10 +202,19 @@ async def status(request: Request, card_id: CardId) -> Response:
     # the JSON written directly — a worker-thread hop and the response-model pass cost more than the
     # read itself (docs/api.md, Performance).
     principal = request.state.principal  # set by the router's authorize (one dependency tree, not two)
-    with reading(request) as conn:
-        card = _card_for(conn, principal, card_id)
-    body = {"id": card["id"], "state": card["state"], "dormant": bool(card.get("dormant", False)),
-            "lost_at": card.get("lost_at")}  # fmt: skip
+    row = _status_row(request.app.state.engine, card_id)
+    if row is None:
+        raise NotFound("card.not_found", f"no card {card_id}")  # as cards.get says it
+    found_id, cardholder_id, state, dormant, lost_at = row
+    # The same visibility rules as every other card read: a cardholder sees only their own cards
+    # (404 otherwise), a sector only consenting cardholders' (403 consent.missing).
+    check_card(principal, {"id": found_id, "cardholder_id": cardholder_id})
+    if principal.role is Role.sector:
+        with reading(request) as conn:
+            check_sector_consent(conn, principal, cardholder_id)
+    # json.dumps of four values (lost_at as cards.view formats it), no response-model pass.
+    body = {"id": found_id, "state": state, "dormant": dormant,
+            "lost_at": lost_at.isoformat() if lost_at else None}  # fmt: skip
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
 

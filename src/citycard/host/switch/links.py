@@ -18,18 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from citycard.host.client import AsyncHostClient, HostTimeout, HostUnavailable, next_stan
 from citycard.host.switch.config import Endpoint
 from citycard.iso8583 import Iso8583Error
-from citycard.iso8583.builders import Terminal, network
+from citycard.iso8583.builders import Terminal
 
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 0.5  # after a failed connect, requests fail fast for this long
-SIGN_ON_TIMEOUT_S = 5.0
 DEFAULT_TERMINAL_ID = "SWITCH01"  # F41/F42 of the switch's own network messages when not configured
 DEFAULT_MERCHANT_ID = "SWITCH000000001"
 
@@ -56,7 +54,7 @@ class EndpointLink:
 
     def _alive(self, client: AsyncHostClient) -> bool:
         # The client records the error that ended its connection; a dead client is replaced.
-        return getattr(client, "_error", None) is None
+        return client.alive
 
     async def _connect(self) -> AsyncHostClient:
         endpoint = self.endpoint
@@ -81,12 +79,12 @@ class EndpointLink:
             terminal_id=endpoint.terminal_id or DEFAULT_TERMINAL_ID,
             merchant_id=endpoint.merchant_id or DEFAULT_MERCHANT_ID,
         )
-        request = network("sign_on", terminal=terminal, stan=next_stan(), when=datetime.now(UTC))
-        request["33"] = self._institution_id
-        answer = await client.exchange(request, SIGN_ON_TIMEOUT_S)
-        # The client's key installer files the keys under the request's peer (F33 here); the public
-        # sign_on() cannot set F33, so the switch drives the same installer itself.
-        client._keys.install(request, answer)
+        await client.sign_on(
+            terminal_id=terminal.terminal_id,
+            merchant_id=terminal.merchant_id,
+            stan=next_stan(),
+            institution_id=self._institution_id,
+        )
 
     async def client(self) -> AsyncHostClient:
         """A live, signed-on client, or :class:`EndpointDownError`."""

@@ -1,0 +1,283 @@
+"""The clearing record: one offline EC tap (TC) as uploaded by a validator, checked and typed.
+
+A validator uploads, per tap, the kernel's offline batch record (:class:`citycard.kernel.outcome.
+BatchRecord`: PAN, PSN, amount, 9F5D balance, the raw field 55) plus what the device knows (terminal
+id, operator, route, vehicle, tap time). :func:`parse_record` turns that upload dict into a
+:class:`ClearingRecord` or raises :class:`MalformedRecord` naming the first bad field.
+
+Field 55 is the source of truth for the EMV values (pboc-notes §10): the TC (9F26), the AC input
+(9F02 ‖ 9F03 ‖ 9F1A ‖ 95 ‖ 5F2A ‖ 9A ‖ 9C ‖ 9F37 ‖ 82 ‖ 9F36 ‖ CVR, pboc-notes §4.2) and the IAD
+(9F10, pboc-notes §2.4) whose EC IDD carries the balance after the tap under the card's MAC. The
+plain fields of the upload must agree with it; a record where they differ is malformed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from citycard.crypto.cryptogram import pboc_ac_data
+from citycard.crypto.iad import IDD_TYPE_EC, parse_iad
+
+CHINA_TIME = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")  # 9A is the terminal's local date
+PAN_RE = re.compile(r"[0-9]{12,19}")
+PSN_RE = re.compile(r"[0-9]{2}")
+TEXT_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")  # terminal id, operator, route, vehicle
+FIELD55_HEX_MAX = 2 * 255  # field 55 is LLLVAR b..255 in the CUPS layout (pboc-notes §10)
+AMOUNT_FEN_MAX = 999_999_999_999  # n12 (9F02)
+TAP_DATE_SLACK_DAYS = 1  # 9A (terminal local date) vs the device's UTC tap time: a clock edge, no more
+CID_TC = 0x40  # 9F27: a TC (offline approval); clearing takes nothing else
+REQUIRED_TAGS = ("9F26", "9F10", "9F37", "9F36", "95", "9A", "9C", "9F02", "9F03", "5F2A", "82", "9F1A")
+UPLOAD_FIELDS = (
+    "pan", "psn", "amount_fen", "balance_fen_after", "field55",
+    "terminal_id", "operator", "route", "vehicle", "tap_at",
+)  # fmt: skip
+
+
+class MalformedRecord(ValueError):  # noqa: N818 (a record, like ledger.InvalidPosting)
+    """An upload that is not a well-formed TC record; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClearingRecord:
+    """One checked TC tap. Money in integer fen, time aware UTC, EMV values as bytes."""
+
+    pan: str
+    psn: str
+    atc: int
+    amount_fen: int
+    balance_before_fen: int
+    balance_after_fen: int
+    tc: bytes  # 9F26
+    ac_input: bytes  # the 37-byte PBOC AC input rebuilt from field 55
+    iad: bytes  # 9F10
+    terminal_id: str
+    operator: str
+    route: str
+    vehicle: str
+    tap_at: dt.datetime
+    field55: bytes
+
+    @property
+    def card(self) -> str:
+        """``PAN:PSN``: the card the balance chain follows."""
+        return f"{self.pan}:{self.psn}"
+
+    @property
+    def key(self) -> str:
+        """``PAN:PSN:ATC``: the identity clearing deduplicates on (DESIGN.md §3)."""
+        return f"{self.pan}:{self.psn}:{self.atc:04X}"
+
+    @property
+    def tag_9f36(self) -> bytes:
+        return self.atc.to_bytes(2, "big")
+
+
+def upload_dict(
+    batch_record: Any,
+    *,
+    terminal_id: str,
+    operator: str,
+    route: str,
+    vehicle: str,
+    tap_at: dt.datetime,
+) -> dict[str, Any]:
+    """The upload form of a kernel :class:`~citycard.kernel.outcome.BatchRecord` (JSON-ready)."""
+    return {
+        "pan": batch_record.pan,
+        "psn": batch_record.psn,
+        "amount_fen": batch_record.amount_fen,
+        "balance_fen_after": batch_record.balance_fen_after,
+        "field55": batch_record.field55,
+        "terminal_id": terminal_id,
+        "operator": operator,
+        "route": route,
+        "vehicle": vehicle,
+        "tap_at": tap_at.astimezone(dt.UTC).isoformat(),
+    }
+
+
+def _text(upload: Mapping[str, Any], name: str, pattern: re.Pattern[str]) -> str:
+    value = upload.get(name)
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise MalformedRecord(f"{name}: {value!r} does not match {pattern.pattern}")
+    return value
+
+
+def _fen(upload: Mapping[str, Any], name: str) -> int:
+    value = upload.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= AMOUNT_FEN_MAX:
+        raise MalformedRecord(f"{name}: {value!r} is not an amount 0…{AMOUNT_FEN_MAX} fen")
+    return value
+
+
+def _bcd(value: bytes, tag: str) -> int:
+    text = value.hex()
+    if not text.isdigit():
+        raise MalformedRecord(f"field 55 {tag}: {text.upper()} is not BCD")
+    return int(text)
+
+
+def _tap_at(upload: Mapping[str, Any]) -> dt.datetime:
+    value = upload.get("tap_at")
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise MalformedRecord(f"tap_at: {value!r} is not an ISO 8601 time") from None
+    else:
+        raise MalformedRecord(f"tap_at: {value!r} is not a time")
+    if moment.tzinfo is None:
+        raise MalformedRecord(f"tap_at: {value!r} has no time zone (times are aware UTC)")
+    return moment.astimezone(dt.UTC)
+
+
+def flat_tlv(raw: bytes) -> dict[str, bytes]:
+    """Field 55 as ``{tag: value}``: a flat run of primitive BER-TLV objects (pboc-notes §10).
+
+    A strict, narrow decoder (1–3-byte tags, lengths 00–7F or 81 xx), several times faster than the
+    general :func:`citycard.emv.tlv.decode_dict` on the clearing hot path; a constructed object, a
+    repeated tag or an overrun is an error naming the offset.
+
+    >>> flat_tlv(bytes.fromhex("9F360200079F2701 40".replace(" ", "")))
+    {'9F36': b'\\x00\\x07', '9F27': b'@'}
+    """
+    out: dict[str, bytes] = {}
+    i, end = 0, len(raw)
+    while i < end:
+        start = i
+        first = raw[i]
+        i += 1
+        if first & 0x1F == 0x1F:  # a multi-byte tag: more bytes while b8 is set (Book 3 Annex B1)
+            while i < end and raw[i] & 0x80:
+                i += 1
+            i += 1
+            if i - start > 3:
+                raise MalformedRecord(f"field55: tag at offset {start} is longer than 3 bytes")
+        if i >= end:
+            raise MalformedRecord(f"field55: object at offset {start} has no length")
+        if first & 0x20:
+            raise MalformedRecord(f"field55: constructed tag {raw[start:i].hex().upper()} at offset {start}")
+        tag = raw[start:i].hex().upper()
+        length = raw[i]
+        i += 1
+        if length == 0x81:
+            if i >= end:
+                raise MalformedRecord(f"field55: {tag} at offset {start} has a cut length")
+            length = raw[i]
+            i += 1
+        elif length > 0x7F:
+            raise MalformedRecord(
+                f"field55: {tag} at offset {start} has an unsupported length byte {length:02X}"
+            )
+        if i + length > end:
+            raise MalformedRecord(f"field55: {tag} at offset {start} runs past the end")
+        if tag in out:
+            raise MalformedRecord(f"field55: {tag} repeated at offset {start}")
+        out[tag] = raw[i : i + length]
+        i += length
+    return out
+
+
+def _field55(upload: Mapping[str, Any]) -> tuple[bytes, dict[str, bytes]]:
+    text = upload.get("field55")
+    if not isinstance(text, str) or not text or len(text) > FIELD55_HEX_MAX or len(text) % 2:
+        raise MalformedRecord(f"field55: expected 2…{FIELD55_HEX_MAX} hex digits, got {str(text)[:20]!r}")
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError as exc:
+        raise MalformedRecord(f"field55: {exc}") from None
+    values = flat_tlv(raw)
+    missing = [tag for tag in REQUIRED_TAGS if tag not in values]
+    if missing:
+        raise MalformedRecord(f"field55: missing {', '.join(missing)}")
+    cid = values.get("9F27")
+    if cid is not None and (len(cid) != 1 or cid[0] & 0xC0 != CID_TC):
+        raise MalformedRecord(f"field55 9F27: {cid.hex().upper()} is not a TC")
+    return raw, values
+
+
+def parse_record(upload: Mapping[str, Any]) -> ClearingRecord:
+    """Check an upload dict (:func:`upload_dict`) and build the :class:`ClearingRecord`.
+
+    Raises :class:`MalformedRecord` with the first problem: a missing or badly shaped field, a
+    field 55 that does not decode or lacks an AC input tag, an IAD without the EC balance IDD, or
+    plain fields that disagree with field 55 (amount, balance, tap date).
+    """
+    if not isinstance(upload, Mapping):
+        raise MalformedRecord(f"record: expected an object, got {type(upload).__name__}")
+    unknown = set(upload) - set(UPLOAD_FIELDS)
+    if unknown:
+        raise MalformedRecord(f"record: unknown fields {', '.join(sorted(map(str, unknown)))}")
+    pan = _text(upload, "pan", PAN_RE)
+    psn = _text(upload, "psn", PSN_RE)
+    amount = _fen(upload, "amount_fen")
+    after = _fen(upload, "balance_fen_after")
+    meta = {name: _text(upload, name, TEXT_RE) for name in ("terminal_id", "operator", "route", "vehicle")}
+    tap_at = _tap_at(upload)
+    raw, ic = _field55(upload)
+    if _bcd(ic["9F02"], "9F02") != amount:
+        raise MalformedRecord(f"amount_fen {amount} differs from field 55 9F02 {ic['9F02'].hex()}")
+    try:
+        iad = parse_iad(ic["9F10"])
+    except ValueError as exc:
+        raise MalformedRecord(f"field55 9F10: {exc}") from None
+    if iad.idd_type != IDD_TYPE_EC or iad.ec_balance_fen is None:
+        raise MalformedRecord("field55 9F10: no electronic-cash balance IDD (type 01)")
+    if iad.ec_balance_fen != after:
+        raise MalformedRecord(f"balance_fen_after {after} differs from the IAD balance {iad.ec_balance_fen}")
+    if "9F5D" in ic and _bcd(ic["9F5D"], "9F5D") != after:
+        raise MalformedRecord(f"balance_fen_after {after} differs from field 55 9F5D {ic['9F5D'].hex()}")
+    if len(ic["9F36"]) != 2:
+        raise MalformedRecord(f"field55 9F36: ATC must be 2 bytes, got {len(ic['9F36'])}")
+    date_bcd = ic["9A"].hex()
+    try:  # n6 YYMMDD; years 2000–2099 (EMV Book 3 Annex A)
+        tap_date = dt.date(2000 + int(date_bcd[0:2]), int(date_bcd[2:4]), int(date_bcd[4:6]))
+    except ValueError:
+        raise MalformedRecord(f"field55 9A: {date_bcd.upper()} is not a YYMMDD date") from None
+    if len(date_bcd) != 6 or not date_bcd.isdigit():
+        raise MalformedRecord(f"field55 9A: {date_bcd.upper()} is not a YYMMDD date")
+    local = tap_at.astimezone(CHINA_TIME).date()
+    if abs((local - tap_date).days) > TAP_DATE_SLACK_DAYS:
+        raise MalformedRecord(f"tap_at {tap_at.isoformat()} is not on the card's date 9A {tap_date}")
+    if len(ic["9F26"]) != 8:
+        raise MalformedRecord(f"field55 9F26: TC must be 8 bytes, got {len(ic['9F26'])}")
+    try:
+        ac_input = pboc_ac_data(
+            tag_9f02=ic["9F02"], tag_9f03=ic["9F03"], tag_9f1a=ic["9F1A"], tag_95=ic["95"],
+            tag_5f2a=ic["5F2A"], tag_9a=ic["9A"], tag_9c=ic["9C"], tag_9f37=ic["9F37"],
+            tag_82=ic["82"], tag_9f36=ic["9F36"], cvr=iad.cvr_field,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise MalformedRecord(f"field55: {exc}") from None
+    return ClearingRecord(
+        pan=pan,
+        psn=psn,
+        atc=int.from_bytes(ic["9F36"], "big"),
+        amount_fen=amount,
+        balance_before_fen=after + amount,
+        balance_after_fen=after,
+        tc=ic["9F26"],
+        ac_input=ac_input,
+        iad=ic["9F10"],
+        tap_at=tap_at,
+        field55=raw,
+        **meta,
+    )
+
+
+def record_key(upload: Mapping[str, Any]) -> str:
+    """The best identity of an upload that may be malformed (for the exceptions queue)."""
+    if not isinstance(upload, Mapping):
+        return "?:?:?"
+    pan, psn = upload.get("pan"), upload.get("psn")
+    try:
+        atc = int.from_bytes(flat_tlv(bytes.fromhex(upload["field55"]))["9F36"], "big")
+        return f"{pan}:{psn}:{atc:04X}"
+    except (KeyError, TypeError, ValueError):  # MalformedRecord is a ValueError
+        return f"{pan}:{psn}:?"

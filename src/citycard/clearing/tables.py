@@ -1,0 +1,108 @@
+"""Clearing's tables on :data:`citycard.db.Base` (prefix ``clearing_``; migration ``0008_clearing``).
+
+* ``clearing_batches`` — one row per uploaded batch, by the uploader's batch id (the idempotency key)
+  with the SHA-256 of its records: a replay with the same digest changes nothing, another digest is
+  refused.
+* ``clearing_taps`` — every cleared tap once, unique by PAN:PSN:ATC; ``settlement_key`` is set
+  when a settlement took it.
+* ``clearing_cards`` — per card its issuer, last cleared ATC and EC balance (the chain), loss minute.
+* ``clearing_exceptions`` — records not accepted, with reason, and the operator's audited handling.
+* ``clearing_settlements`` — one row per operator and settlement day: taps, gross, fee, net.
+
+Migration: ``citycard/db/migrations/versions/0008_clearing.py`` (kept identical; autogenerate test).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from citycard.db import Base, BigIntPK, UTCDateTime
+
+BATCH_ID_CHARS_MAX = 64
+TEXT_CHARS_MAX = 32  # operator, route, vehicle, terminal id (record.TEXT_RE)
+KEY_CHARS_MAX = 32  # PAN(19):PSN(2):ATC(4)
+CARD_CHARS_MAX = 24
+REASON_CHARS_MAX = 16
+DETAIL_CHARS_MAX = 200
+NOTE_CHARS_MAX = 200
+POSTING_KEY_CHARS_MAX = 128
+STATUSES_SQL = "('open', 'accepted', 'rejected', 'refunded')"
+
+
+class Batch(Base):
+    __tablename__ = "clearing_batches"
+
+    batch_id = sa.Column(sa.String(BATCH_ID_CHARS_MAX), primary_key=True)
+    digest = sa.Column(sa.String(64), nullable=False)
+    received_at = sa.Column(UTCDateTime(), nullable=False)
+    records = sa.Column(sa.Integer(), nullable=False)
+    accepted = sa.Column(sa.Integer(), nullable=False)
+    exceptions = sa.Column(sa.Integer(), nullable=False)
+
+
+class Tap(Base):
+    __tablename__ = "clearing_taps"
+
+    id = sa.Column(BigIntPK, primary_key=True, autoincrement=True)
+    key = sa.Column(sa.String(KEY_CHARS_MAX), nullable=False, unique=True)
+    card = sa.Column(sa.String(CARD_CHARS_MAX), nullable=False, index=True)
+    atc = sa.Column(sa.Integer(), nullable=False)
+    batch_id = sa.Column(sa.String(BATCH_ID_CHARS_MAX), nullable=False)
+    operator = sa.Column(sa.String(TEXT_CHARS_MAX), nullable=False)
+    route = sa.Column(sa.String(TEXT_CHARS_MAX), nullable=False)
+    vehicle = sa.Column(sa.String(TEXT_CHARS_MAX), nullable=False)
+    terminal_id = sa.Column(sa.String(TEXT_CHARS_MAX), nullable=False)
+    tap_at = sa.Column(UTCDateTime(), nullable=False)
+    day = sa.Column(sa.String(10), nullable=False)  # YYYY-MM-DD, Asia/Shanghai (the operator's day)
+    amount_fen = sa.Column(sa.BigInteger(), nullable=False)
+    balance_after_fen = sa.Column(sa.BigInteger(), nullable=False)
+    refunded = sa.Column(sa.Boolean(), nullable=False)
+    settlement_key = sa.Column(sa.String(POSTING_KEY_CHARS_MAX), nullable=True, index=True)
+
+    __table_args__ = (sa.CheckConstraint("amount_fen >= 0", name="amount"),)
+
+
+class Card(Base):
+    __tablename__ = "clearing_cards"
+
+    card = sa.Column(sa.String(CARD_CHARS_MAX), primary_key=True)  # PAN:PSN
+    issuer = sa.Column(sa.String(TEXT_CHARS_MAX), nullable=False)
+    last_atc = sa.Column(sa.Integer(), nullable=True)
+    last_balance_fen = sa.Column(sa.BigInteger(), nullable=True)
+    lost_at = sa.Column(UTCDateTime(), nullable=True)
+
+
+class ExceptionItem(Base):
+    __tablename__ = "clearing_exceptions"
+
+    id = sa.Column(BigIntPK, primary_key=True, autoincrement=True)
+    batch_id = sa.Column(sa.String(BATCH_ID_CHARS_MAX), nullable=False)
+    position = sa.Column(sa.Integer(), nullable=False)  # index of the record in its batch
+    key = sa.Column(sa.String(KEY_CHARS_MAX), nullable=False, index=True)
+    reason = sa.Column(sa.String(REASON_CHARS_MAX), nullable=False)
+    detail = sa.Column(sa.String(DETAIL_CHARS_MAX), nullable=False)
+    upload = sa.Column(sa.Text(), nullable=False)  # the record as uploaded (JSON); no key material
+    status = sa.Column(sa.String(REASON_CHARS_MAX), nullable=False)
+    created_at = sa.Column(UTCDateTime(), nullable=False)
+    handled_by = sa.Column(sa.String(TEXT_CHARS_MAX), nullable=True)
+    handled_at = sa.Column(UTCDateTime(), nullable=True)
+    note = sa.Column(sa.String(NOTE_CHARS_MAX), nullable=True)
+
+    __table_args__ = (
+        sa.UniqueConstraint("batch_id", "position"),
+        sa.CheckConstraint(f"status IN {STATUSES_SQL}", name="status"),
+    )
+
+
+class Settlement(Base):
+    __tablename__ = "clearing_settlements"
+
+    operator = sa.Column(sa.String(TEXT_CHARS_MAX), primary_key=True)
+    day = sa.Column(sa.String(10), primary_key=True)
+    taps = sa.Column(sa.Integer(), nullable=False)
+    gross_fen = sa.Column(sa.BigInteger(), nullable=False)
+    fee_rate_bp = sa.Column(sa.Integer(), nullable=False)
+    fee_fen = sa.Column(sa.BigInteger(), nullable=False)
+    net_fen = sa.Column(sa.BigInteger(), nullable=False)
+    posting_key = sa.Column(sa.String(POSTING_KEY_CHARS_MAX), nullable=True)
+    created_at = sa.Column(UTCDateTime(), nullable=False)

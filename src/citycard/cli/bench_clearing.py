@@ -1,0 +1,107 @@
+"""`citycard bench clearing`: offline TC records cleared per second, verification and posting included.
+
+Setup (not timed): a file-backed SoftHSM with IMK-AC/IMK-MAC in both suites, synthetic cards
+(``clearing.synthetic``: real card keys from the HSM, real TCs and IAD balance MACs; half INTL,
+half GM), a migrated SQLite database (or ``--db URL``) with every card's EC account funded, and
+the uploads. Timed: one :func:`citycard.clearing.store.intake` of all records — parse and field-55
+checks, TC and IAD-MAC verification in the HSM, duplicate and balance-chain checks, the ledger
+postings (``post_many``), taps, chains — and its commit. ``--workers W`` runs the pure function in
+W processes (the parent writes). Prints {"records", "records_per_s", ...}.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from citycard.cli.bench import app
+from citycard.cli.common import fail
+
+RECORDS_DEFAULT = 20_000
+RECORDS_MAX = 2_000_000
+TAPS_PER_CARD = 10
+BALANCE_FEN = 1_000_000
+
+
+def _prepare(directory: Path, records: int, db_url: str | None) -> tuple[Any, Any, list[dict[str, Any]]]:
+    import sqlalchemy as sa
+
+    from citycard.clearing import synthetic
+    from citycard.clearing.batch import ec_account
+    from citycard.clearing.tables import Card
+    from citycard.clearing.verify import SuiteLabels, VerifierSpec
+    from citycard.crypto import GM, INTL
+    from citycard.db import make_engine, upgrade, write_transaction
+    from citycard.hsm import SoftHSM
+    from citycard.ledger import AccountKind, Layer, Line, PostingRequest, open_account, post_many
+
+    hsm_path, master = directory / "hsm-keys.json", directory / "hsm-master.key"
+    hsm = SoftHSM.open(hsm_path, master_key_file=master)
+    labels = {}
+    for suite in (INTL, GM):
+        name = suite.name.lower()
+        hsm.generate_key(f"imk-ac-{name}", "IMK-AC", suite)
+        hsm.generate_key(f"imk-mac-{name}", "IMK-MAC", suite)
+        labels[suite.name] = SuiteLabels(f"imk-ac-{name}", f"imk-mac-{name}")
+    cards = synthetic.make_cards(hsm, labels, count=max(1, records // TAPS_PER_CARD), balance_fen=BALANCE_FEN)
+    engine = make_engine(db_url or f"sqlite:///{directory / 'clearing.db'}")
+    upgrade(engine)
+    with write_transaction(engine) as conn:
+        open_account(conn, "bank:funding", AccountKind.FUNDING, allow_negative=True)
+        conn.execute(sa.insert(Card), [{"card": f"{c.pan}:{c.psn}", "issuer": "bank"} for c in cards])
+        requests = []
+        for card in cards:
+            account = ec_account("bank", card.pan, card.psn)
+            open_account(conn, account, AccountKind.EC)
+            lines = (Line("bank:funding", debit_fen=BALANCE_FEN), Line(account, credit_fen=BALANCE_FEN))
+            requests.append(PostingRequest(f"load:{card.pan}", lines, Layer.CLEARED))
+        for start in range(0, len(requests), 1_000):
+            post_many(conn, requests[start : start + 1_000])
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    uploads = list(synthetic.taps(cards, records, start=now - dt.timedelta(hours=2)))
+    return engine, VerifierSpec(hsm_path, master, labels), uploads
+
+
+@app.command("clearing")
+def clearing_command(
+    records: Annotated[int, typer.Option("--records", help="Records in the batch.")] = RECORDS_DEFAULT,
+    workers: Annotated[int, typer.Option("--workers", help="Processes for the pure clearing function.")] = 1,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Database URL (default: a temporary SQLite file).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print only the JSON result.")] = False,
+) -> None:
+    """Clear N synthetic offline TCs (both suites) in one intake and print records per second."""
+    from citycard.clearing.store import intake
+
+    if not 1 <= records <= RECORDS_MAX:
+        fail(f"--records must be 1…{RECORDS_MAX}, got {records}")
+    if not 1 <= workers <= 64:
+        fail(f"--workers must be 1…64, got {workers}")
+    with tempfile.TemporaryDirectory(prefix="citycard-bench-clearing-") as name:
+        if not json_output:
+            print(f"preparing {records:,} records …")
+        engine, spec, uploads = _prepare(Path(name), records, db)
+        try:
+            started = time.perf_counter()
+            result = intake(engine, "bench-1", uploads, keys=spec, workers=workers)
+            seconds = time.perf_counter() - started
+        finally:
+            engine.dispose()
+    if result.accepted != records:
+        fail(f"only {result.accepted} of {records} records cleared ({result.exceptions} exceptions)")
+    figures = {
+        "records": records,
+        "records_per_s": round(records / seconds),
+        "workers": workers,
+        "seconds": round(seconds, 3),
+        "accepted": result.accepted,
+        "db": engine.dialect.name,
+    }
+    print(json.dumps(figures))

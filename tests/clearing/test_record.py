@@ -1,0 +1,88 @@
+"""The record checks and the pure function on their own: no database, real HSM and real MACs."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from citycard.clearing import synthetic
+from citycard.clearing.batch import CardState, Known, clear_batch
+from citycard.clearing.record import MalformedRecord, flat_tlv, parse_record
+
+from .conftest import LABELS
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+@pytest.fixture
+def uploads(hsm, issued_cards) -> list[dict]:  # type: ignore[no-untyped-def]
+    issued_cards("GM"), issued_cards("INTL")  # the IMKs exist
+    cards = synthetic.make_cards(hsm, LABELS, count=4, balance_fen=5_000, bin_="621111")
+    return list(synthetic.taps(cards, 12, start=NOW - dt.timedelta(hours=1)))
+
+
+def known_for(uploads: list[dict], **state: object) -> Known:
+    cards = {f"{u['pan']}:{u['psn']}": CardState("bank", **state) for u in uploads}  # type: ignore[arg-type]
+    return Known(cards, set(), NOW)
+
+
+@pytest.mark.parametrize(
+    ("hex_", "message"),
+    [
+        ("7003820100", "constructed tag 70 at offset 0"),
+        ("9F360200018201009F36020002", "9F36 repeated at offset 8"),
+        ("9F360400", "9F36 at offset 0 runs past the end"),
+        ("9F36", "object at offset 0 has no length"),
+        ("9F36820001", "unsupported length byte 82"),
+    ],
+)
+def test_flat_tlv_is_strict(hex_: str, message: str) -> None:
+    with pytest.raises(MalformedRecord, match=message):
+        flat_tlv(bytes.fromhex(hex_))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tap_at": "2026-11-27T08:00:00"}, "has no time zone"),
+        ({"psn": "1"}, "psn: '1' does not match"),
+        ({"amount_fen": 1.5}, "amount_fen: 1.5 is not an amount"),
+        ({"amount_fen": 7}, "amount_fen 7 differs from field 55 9F02"),
+        ({"balance_fen_after": 1}, "balance_fen_after 1 differs from the IAD balance"),
+        ({"route": "R 1"}, "route: 'R 1' does not match"),
+        ({"extra": 1}, "unknown fields extra"),
+        ({"field55": "9F2701"}, "field55: 9F27 at offset 0 runs past the end"),
+    ],
+)
+def test_parse_record_names_the_bad_field(uploads, change, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(MalformedRecord, match=message):
+        parse_record(uploads[0] | change)
+
+
+def test_a_tc_that_is_not_a_tc_is_malformed(uploads) -> None:  # type: ignore[no-untyped-def]
+    field55 = uploads[0]["field55"].replace("9F270140", "9F270180")  # an ARQC, not a TC
+    with pytest.raises(MalformedRecord, match="9F27: 80 is not a TC"):
+        parse_record(uploads[0] | {"field55": field55})
+
+
+def test_clear_batch_is_pure_and_checks_both_suites(uploads, verifier) -> None:  # type: ignore[no-untyped-def]
+    known = known_for(uploads)
+    first = clear_batch(uploads, keys=verifier, known=known)
+    again = clear_batch(uploads, keys=verifier, known=known)
+    assert first == again
+    assert len(first.accepted) == len(first.postings) == 12 and first.exceptions == []
+    assert {a.record.iad[7] for a in first.accepted} == {0x01, 0x04}  # 3DES and SM4 IADs
+    keys = {p.key for p in first.postings}
+    assert keys == {f"tc:{a.record.key}" for a in first.accepted}
+
+
+def test_clear_batch_exception_reasons(uploads, verifier) -> None:  # type: ignore[no-untyped-def]
+    mixed = [*uploads, uploads[0], {"pan": 1}]
+    stranger = dict(uploads[1], pan="6299990000000001")
+    mixed.append(stranger)
+    known = Known(known_for(uploads).cards, {parse_record(uploads[2]).key}, NOW)
+    result = clear_batch(mixed, keys=verifier, known=known)
+    reasons = sorted((e.position, e.reason) for e in result.exceptions)
+    assert reasons == [(2, "duplicate"), (12, "duplicate"), (13, "malformed"), (14, "unknown_card")]
+    assert len(result.accepted) == 11
