@@ -96,11 +96,14 @@ def register_card(conn: Connection, *, pan: str, psn: str, issuer: str) -> None:
         conn.execute(sa.insert(Card).values(card=card, issuer=issuer))
 
 
-def report_loss(conn: Connection, *, pan: str, psn: str, lost_at: dt.datetime) -> None:
-    """Record the card's loss-report minute (platform cards.lost_at): later taps are refunded."""
-    if lost_at.tzinfo is None:
-        raise ClearingError("lost_at must be an aware UTC time")
-    minute = lost_at.astimezone(dt.UTC).replace(second=0, microsecond=0)
+def report_loss(conn: Connection, *, pan: str, psn: str, lost_at: dt.datetime | None) -> None:
+    """Record the card's loss-report minute (platform cards.lost_at): later taps are refunded.
+    ``None`` lifts it (the report was withdrawn: the card was found)."""
+    minute = None
+    if lost_at is not None:
+        if lost_at.tzinfo is None:
+            raise ClearingError("lost_at must be an aware UTC time")
+        minute = lost_at.astimezone(dt.UTC).replace(second=0, microsecond=0)
     done = conn.execute(sa.update(Card).where(Card.card == f"{pan}:{psn}").values(lost_at=minute))
     if done.rowcount != 1:
         raise ClearingError(f"card {pan}:{psn} is not known to clearing")

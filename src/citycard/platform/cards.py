@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 
 from citycard.card.perso import mask_pan
+from citycard.clearing import store as clearing_store
 from citycard.crypto.suite import GM, INTL
 from citycard.db import utc_now
 from citycard.hsm import SoftHSM
@@ -255,6 +256,8 @@ def report_loss(
     minute = reported.replace(second=0, microsecond=0)
     lost_at = card.lost_at if card.lost_at is not None else minute  # an oral report's minute stands
     issuer_port(conn, card.issuer).set_card_status(pan=card.pan, psn=card.psn, status=ISSUER_STATUS["lost"])
+    # clearing refunds the card's offline taps from this minute on (no liability after the report)
+    clearing_store.report_loss(conn, pan=card.pan, psn=_psn_text(card.psn), lost_at=lost_at)
     lifecycle.transition(conn, card, action, actor=actor, reason=reason, at=now, lost_at=lost_at)
     _emit(conn, "card.lost", card, at=now, actor=actor, formal=formal, lost_at=lost_at.isoformat())
     return get(conn, card_id)
@@ -266,6 +269,7 @@ def unblock(conn: Connection, card_id: int, *, actor: str, reason: str = "") -> 
     lifecycle.target("unblock", card.state)
     at = utc_now()
     issuer_port(conn, card.issuer).set_card_status(pan=card.pan, psn=card.psn, status=ISSUER_STATUS["active"])
+    clearing_store.report_loss(conn, pan=card.pan, psn=_psn_text(card.psn), lost_at=None)
     lifecycle.transition(conn, card, "unblock", actor=actor, reason=reason, at=at, lost_at=None)
     _emit(conn, "card.unblocked", card, at=at, actor=actor)
     return get(conn, card_id)
@@ -467,10 +471,17 @@ def _issue(
         suite=SUITES[card.suite],
         status=ISSUER_STATUS["issued"],
     )
+    # clearing must know the card (and its issuer's EC account) before its first offline tap arrives
+    clearing_store.register_card(conn, pan=card.pan, psn=_psn_text(card.psn), issuer=card.issuer)
     card_money.collect_deposit(conn, card.id, deposit_fen)
     at = utc_now()
     lifecycle.transition(conn, card, "issue", actor=actor, reason=reason, at=at, deposit_fen=deposit_fen)
     _emit(conn, "card.issued", card, at=at, actor=actor, pan_masked=mask_pan(card.pan), psn=card.psn)
+
+
+def _psn_text(psn: int | None) -> str:
+    """The PSN as clearing and the kernel's batch record write it (5F34 as two digits)."""
+    return f"{psn or 0:02d}"
 
 
 def _activate(conn: Connection, card: Any, *, actor: str, reason: str) -> None:

@@ -225,36 +225,33 @@ def timeline(request: Request, card_id: CardId, principal: Caller) -> dict[str, 
         return page(cards.timeline(conn, card_id), None)
 
 
-@router.post("/{card_id}/approve", name="cards.approve", summary="Approve an application")
-def approve(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
-            body: NoBody | None = None) -> Response:  # fmt: skip
-    return _lifecycle(request, principal, key, card_id, cards.approve, **_reason(body))
-
-
-@router.post(
-    "/{card_id}/prepare", name="cards.prepare", summary="Data preparation (PAN/PSN, keys in the HSM)"
+# The lifecycle actions without a body of their own: (path and name, summary, platform function).
+SIMPLE_ACTIONS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
+    ("approve", "Approve an application", cards.approve),
+    ("prepare", "Data preparation (PAN/PSN, keys in the HSM)", cards.prepare),
+    ("personalise", "Personalise a virtual card image", cards.personalise),
+    ("issue", "Issue: enrol the card at the issuer", cards.issue),
+    ("activate", "Activate an issued card", cards.activate),
+    ("unblock", "Lift an oral loss report", cards.unblock),
+    (
+        "replace",
+        "Replace: a new card, the EC balance moved exactly once, applications reloaded",
+        cards.replace,
+    ),
+    ("cancel", "Cancel and refund (balance + deposit)", cards.cancel),
 )
-def prepare(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
-            body: NoBody | None = None) -> Response:  # fmt: skip
-    return _lifecycle(request, principal, key, card_id, cards.prepare, **_reason(body))
 
 
-@router.post("/{card_id}/personalise", name="cards.personalise", summary="Personalise a virtual card image")
-def personalise(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
-                body: NoBody | None = None) -> Response:  # fmt: skip
-    return _lifecycle(request, principal, key, card_id, cards.personalise, **_reason(body))
+def _simple_action(action: Callable[..., Any]) -> Callable[..., Response]:
+    def endpoint(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
+                 body: NoBody | None = None) -> Response:  # fmt: skip
+        return _lifecycle(request, principal, key, card_id, action, **_reason(body))
+
+    return endpoint
 
 
-@router.post("/{card_id}/issue", name="cards.issue", summary="Issue: enrol the card at the issuer")
-def issue(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
-          body: NoBody | None = None) -> Response:  # fmt: skip
-    return _lifecycle(request, principal, key, card_id, cards.issue, **_reason(body))
-
-
-@router.post("/{card_id}/activate", name="cards.activate", summary="Activate an issued card")
-def activate(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
-             body: NoBody | None = None) -> Response:  # fmt: skip
-    return _lifecycle(request, principal, key, card_id, cards.activate, **_reason(body))
+for _path, _summary, _action in SIMPLE_ACTIONS:
+    router.post(f"/{{card_id}}/{_path}", name=f"cards.{_path}", summary=_summary)(_simple_action(_action))
 
 
 @router.post("/{card_id}/report-loss", name="cards.report_loss",
@@ -268,25 +265,6 @@ def report_loss(request: Request, card_id: CardId, principal: Caller, key: Idemp
     return _lifecycle(
         request, principal, key, card_id, cards.report_loss, body.model_dump(mode="json"), **given
     )
-
-
-@router.post("/{card_id}/unblock", name="cards.unblock", summary="Lift an oral loss report")
-def unblock(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
-            body: NoBody | None = None) -> Response:  # fmt: skip
-    return _lifecycle(request, principal, key, card_id, cards.unblock, **_reason(body))
-
-
-@router.post("/{card_id}/replace", name="cards.replace",
-             summary="Replace: a new card, the EC balance moved exactly once, applications reloaded")  # fmt: skip
-def replace(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
-            body: NoBody | None = None) -> Response:  # fmt: skip
-    return _lifecycle(request, principal, key, card_id, cards.replace, **_reason(body))
-
-
-@router.post("/{card_id}/cancel", name="cards.cancel", summary="Cancel and refund (balance + deposit)")
-def cancel(request: Request, card_id: CardId, principal: Caller, key: IdempotencyKey,
-           body: NoBody | None = None) -> Response:  # fmt: skip
-    return _lifecycle(request, principal, key, card_id, cards.cancel, **_reason(body))
 
 
 @router.get("", name="cards.by_pan", summary="Find a card by PAN and PSN")
