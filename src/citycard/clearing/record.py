@@ -21,6 +21,7 @@ from typing import Any
 
 from citycard.crypto.cryptogram import pboc_ac_data
 from citycard.crypto.iad import IDD_TYPE_EC, parse_iad
+from citycard.emv.tlv import TLVError, flat_primitives
 
 CHINA_TIME = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")  # 9A is the terminal's local date
 PAN_RE = re.compile(r"[0-9]{12,19}")
@@ -138,50 +139,17 @@ def _tap_at(upload: Mapping[str, Any]) -> dt.datetime:
 
 
 def flat_tlv(raw: bytes) -> dict[str, bytes]:
-    """Field 55 as ``{tag: value}``: a flat run of primitive BER-TLV objects (pboc-notes §10).
-
-    A strict, narrow decoder (1–3-byte tags, lengths 00–7F or 81 xx), several times faster than the
-    general :func:`citycard.emv.tlv.decode_dict` on the clearing hot path; a constructed object, a
-    repeated tag or an overrun is an error naming the offset.
+    """Field 55 as ``{tag: value}``: a flat run of primitive BER-TLV objects (pboc-notes §10), read
+    with :func:`citycard.emv.tlv.flat_primitives` — no templates, lengths 00–7F or 81 xx; an error
+    names the offset.
 
     >>> flat_tlv(bytes.fromhex("9F360200079F2701 40".replace(" ", "")))
     {'9F36': b'\\x00\\x07', '9F27': b'@'}
     """
-    out: dict[str, bytes] = {}
-    i, end = 0, len(raw)
-    while i < end:
-        start = i
-        first = raw[i]
-        i += 1
-        if first & 0x1F == 0x1F:  # a multi-byte tag: more bytes while b8 is set (Book 3 Annex B1)
-            while i < end and raw[i] & 0x80:
-                i += 1
-            i += 1
-            if i - start > 3:
-                raise MalformedRecord(f"field55: tag at offset {start} is longer than 3 bytes")
-        if i >= end:
-            raise MalformedRecord(f"field55: object at offset {start} has no length")
-        if first & 0x20:
-            raise MalformedRecord(f"field55: constructed tag {raw[start:i].hex().upper()} at offset {start}")
-        tag = raw[start:i].hex().upper()
-        length = raw[i]
-        i += 1
-        if length == 0x81:
-            if i >= end:
-                raise MalformedRecord(f"field55: {tag} at offset {start} has a cut length")
-            length = raw[i]
-            i += 1
-        elif length > 0x7F:
-            raise MalformedRecord(
-                f"field55: {tag} at offset {start} has an unsupported length byte {length:02X}"
-            )
-        if i + length > end:
-            raise MalformedRecord(f"field55: {tag} at offset {start} runs past the end")
-        if tag in out:
-            raise MalformedRecord(f"field55: {tag} repeated at offset {start}")
-        out[tag] = raw[i : i + length]
-        i += length
-    return out
+    try:
+        return flat_primitives(raw, constructed="refuse", length_bytes_max=1)
+    except TLVError as exc:
+        raise MalformedRecord(f"field55: {exc}") from None
 
 
 def _field55(upload: Mapping[str, Any]) -> tuple[bytes, dict[str, bytes]]:

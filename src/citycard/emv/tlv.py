@@ -420,6 +420,69 @@ def find_all(objects: Iterable[TLV], tag: str) -> list[TLV]:
     return [obj for obj in iter_tlv(objects) if obj.tag == wanted]
 
 
+def flat_primitives(
+    data: bytes, *, constructed: str = "skip", length_bytes_max: int = MAX_LENGTH_BYTES
+) -> dict[str, bytes]:
+    """A flat run of BER-TLV objects as ``{tag: primitive value}`` in one pass (Book 3 Annex B).
+
+    The reader for field 55 on the hot paths (the issuer's authorisation, clearing): several times
+    faster than :func:`decode_dict`, and stricter — no 00/FF padding, a repeated tag is an error.
+    ``constructed``: ``"skip"`` passes over templates (a request's 71/72 are not read), ``"refuse"``
+    makes one an error. ``length_bytes_max`` limits the long length form (81 = 1 byte … 84 = 4).
+    Errors are :class:`TLVError` naming the tag and offset.
+
+    >>> flat_primitives(bytes.fromhex("9F3602000182027C00DF310120"))
+    {'9F36': b'\\x00\\x01', '82': b'|\\x00', 'DF31': b' '}
+    >>> flat_primitives(bytes.fromhex("700382010082027C00"), constructed="refuse")
+    Traceback (most recent call last):
+    ...
+    citycard.emv.tlv.TLVError: constructed tag 70 at offset 0
+    """
+    if constructed not in ("skip", "refuse"):
+        raise ValueError(f"constructed must be 'skip' or 'refuse', got {constructed!r}")
+    out: dict[str, bytes] = {}
+    i, end = 0, len(data)
+    while i < end:
+        start = i
+        first = data[i]
+        if first in PADDING:
+            raise TLVError(f"{first:02X} is not a tag at offset {i}", offset=i)
+        i += 1
+        if first & 0x1F == 0x1F:  # a multi-byte tag: more bytes while b8 is set (Annex B1)
+            while i < end and data[i] & 0x80:
+                i += 1
+            i += 1
+        if i - start > MAX_TAG_BYTES:
+            raise TLVError(f"tag at offset {start} is longer than {MAX_TAG_BYTES} bytes", offset=start)
+        if i >= end:
+            raise TLVError(f"object at offset {start} has no length", offset=start)
+        tag = data[start:i].hex().upper()
+        if first & 0x20 and constructed == "refuse":
+            raise TLVError(f"constructed tag {tag} at offset {start}", tag=tag, offset=start)
+        length = data[i]
+        i += 1
+        if length & 0x80:
+            count = length & 0x7F
+            if not 1 <= count <= length_bytes_max:
+                raise TLVError(
+                    f"{tag} at offset {start} has an unsupported length byte {length:02X}",
+                    tag=tag,
+                    offset=start,
+                )
+            if i + count > end:
+                raise TLVError(f"{tag} at offset {start} has a cut length", tag=tag, offset=start)
+            length = int.from_bytes(data[i : i + count], "big")
+            i += count
+        if i + length > end:
+            raise TLVError(f"{tag} at offset {start} runs past the end", tag=tag, offset=start)
+        if not first & 0x20:
+            if tag in out:
+                raise TLVError(f"{tag} repeated at offset {start}", tag=tag, offset=start)
+            out[tag] = data[i : i + length]
+        i += length
+    return out
+
+
 def decode_dict(data: bytes, *, flat: bool = False) -> dict[str, bytes | dict]:
     """Decode to ``{tag: value}``, pyemv style; constructed objects become nested dicts.
 

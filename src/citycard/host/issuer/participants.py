@@ -22,7 +22,7 @@ from typing import Any
 from citycard.crypto.cryptogram import pboc_ac_data
 from citycard.crypto.iad import IDD_TYPE_EC, parse_iad
 from citycard.emv.bits import CVR
-from citycard.emv.tlv import TLV, encode
+from citycard.emv.tlv import TLV, TLVError, encode, flat_primitives
 from citycard.host.issuer import codes
 from citycard.host.issuer.config import SUITES_BY_NAME, IssuerConfig
 from citycard.host.issuer.context import (
@@ -130,51 +130,19 @@ def _bcd_amount(value: bytes) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-TAG_BYTES_MAX = 3  # EMV tags are at most 3 bytes here (pboc-notes §2; the emv.tlv rule)
-LENGTH_BYTES_MAX = 4  # 81–84 then 1–4 length bytes (Book 3 B2; emv.tlv MAX_LENGTH_BYTES)
-
-
 def primitive_tags(f55: bytes) -> dict[str, bytes]:
     """Field 55's primitive objects by tag (BER-TLV, EMV Book 3 Annex B); templates are passed over.
 
-    A flat single-pass reader, 4× faster than the general ``emv.tlv.decode`` on the hot path and
-    tested against it. A malformed object or a repeated tag raises Iso8583Error (RC 30).
+    :func:`citycard.emv.tlv.flat_primitives`, 4× faster than the general decoder on the hot path
+    and tested against it. A malformed object or a repeated tag raises Iso8583Error (RC 30).
 
     >>> primitive_tags(bytes.fromhex("9F3602000182027C00DF310120"))
     {'9F36': b'\\x00\\x01', '82': b'|\\x00', 'DF31': b' '}
     """
-    data, out, i, end = bytes(f55), {}, 0, len(f55)
-    while i < end:
-        start = i
-        if data[i] in (0x00, 0xFF):
-            raise Iso8583Error(f"IC data: {data[i]:02X} is not a tag at offset {i}", field="55")
-        if data[i] & 0x1F == 0x1F:  # multi-byte tag: more bytes while bit 8 is set
-            i += 1
-            while i < end and data[i] & 0x80:
-                i += 1
-        i += 1
-        if i > end or i - start > TAG_BYTES_MAX:
-            raise Iso8583Error(f"IC data: bad tag at offset {start}", field="55")
-        if i >= end:
-            raise Iso8583Error(f"IC data: no length after the tag at offset {start}", field="55")
-        tag_end = i
-        length = data[i]
-        i += 1
-        if length & 0x80:
-            count = length & 0x7F
-            if not 1 <= count <= LENGTH_BYTES_MAX or i + count > end:
-                raise Iso8583Error(f"IC data: bad length at offset {i - 1}", field="55")
-            length = int.from_bytes(data[i : i + count], "big")
-            i += count
-        if i + length > end:
-            raise Iso8583Error(f"IC data: object at offset {start} runs past the end", field="55")
-        if not data[start] & 0x20:  # primitive; a template in a request is not ours to read
-            tag = data[start:tag_end].hex().upper()
-            if tag in out:
-                raise Iso8583Error(f"IC data holds {tag} twice", field="55")
-            out[tag] = data[i : i + length]
-        i += length
-    return out
+    try:
+        return flat_primitives(bytes(f55))
+    except TLVError as exc:
+        raise Iso8583Error(f"IC data: {exc}", field="55") from None
 
 
 # --- checks (stop at the first decline) ----------------------------------------------------------
