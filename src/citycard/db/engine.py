@@ -8,6 +8,7 @@ nothing applied twice" hold on each backend; see ``docs/ledger.md`` (Concurrency
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ PG_POOL_SIZE = 10  # steady connections per engine (per process)
 PG_POOL_MAX_OVERFLOW = 20  # extra connections under a burst, closed when returned
 PG_POOL_TIMEOUT_S = 30  # wait for a free connection before failing
 PG_CONNECT_TIMEOUT_S = 10
+WAL_SWITCH_RETRY_S = 0.01  # pause between tries to switch a new file to WAL
 POOL_RECYCLE_S = 1_800  # replace connections older than this (server-side idle timeouts)
 
 # Execution option that marks a transaction as read-only: SQLite then starts it with a deferred
@@ -60,6 +62,28 @@ def database_url(data_dir: Path | None = None) -> str:
         data_dir = Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
     path = Path(data_dir).expanduser().resolve() / SQLITE_FILE_NAME
     return f"sqlite:///{path}"
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the database file in WAL mode (a property of the file, kept once set).
+
+    Switching needs an exclusive lock, and SQLite answers "database is locked" at once, without
+    waiting out the busy timeout, when other connections to a brand-new file are starting at the
+    same moment (several processes running ``upgrade`` together). So: read the mode first (a file
+    already in WAL needs nothing), and retry the switch for up to the busy timeout.
+    """
+    import sqlite3
+
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(WAL_SWITCH_RETRY_S)
 
 
 def make_engine(url: str, *, pre_ping: bool = True, echo: bool = False) -> Engine:
@@ -117,10 +141,10 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+            _use_wal(cursor)
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
         finally:
             cursor.close()
 
