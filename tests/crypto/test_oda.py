@@ -327,9 +327,10 @@ def test_another_ca_key_of_the_same_size_does_not_verify(chain):
         stranger, chain.issuer.certificate, chain.issuer.remainder, chain.issuer.exponent, pan=PAN
     )
     assert not result.valid and result.public_key is None
-    expected = (
-        ("SM2 signature does not verify",) if suite is GM else ("header is", "not below the signer's modulus")
-    )
+    # RSA under the wrong key gives random-looking bytes: the header check catches it, unless the
+    # first byte happens to be 6A (1 in 256), then the trailer (BC), then the hash
+    rsa_reasons = ("header is", "not below the signer's modulus", "trailer is", "hash of the recovered data")
+    expected = ("SM2 signature does not verify",) if suite is GM else rsa_reasons
     assert any(text in reason for reason in result.reasons for text in expected), result.reasons
 
 
