@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/citycard selftest
+	$(BIN)/citycard demo
 
 test: $(STAMP)
 	$(BIN)/pytest -q

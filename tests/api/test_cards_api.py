@@ -38,7 +38,12 @@ def test_the_whole_life_through_the_api(live: Live) -> None:
         card_id = card["id"]
         pan, psn = _pan(live, card_id)
         assert op.get("/v1/cards", params={"pan": pan, "psn": psn}).json()["id"] == card_id
-        # a sector subscriber that will hear about the loss
+        # a sector subscriber that will hear about the loss (the cardholder consented to it: without
+        # consent the event reaches the sector redacted, tests/api/test_blacklist_auto_api.py)
+        consent = _post(
+            op, f"/v1/cardholders/{card['cardholder_id']}/consents", {"sector": "health", "scope": "cards"}
+        )
+        assert consent.status_code in (200, 201), consent.text
         sub = _post(op, "/v1/exchange/subscribers", {"name": f"health-{card_id}", "sector": "health",
                                                       "kinds": ["card.lost"], "from_now": True})  # fmt: skip
         assert sub.status_code == 201, sub.text

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from citycard.clearing import synthetic
 from citycard.clearing.batch import CardState, Known, clear_batch
@@ -86,3 +88,58 @@ def test_clear_batch_exception_reasons(uploads, verifier) -> None:  # type: igno
     reasons = sorted((e.position, e.reason) for e in result.exceptions)
     assert reasons == [(2, "duplicate"), (12, "duplicate"), (13, "malformed"), (14, "unknown_card")]
     assert len(result.accepted) == 11
+
+
+def _flip(upload: dict, tag_hex: str, offset: int) -> dict:
+    """The upload with one byte of a field-55 value flipped (``offset`` bytes into the value;
+    ``tag_hex`` is the tag and its length byte)."""
+    field55 = upload["field55"]
+    at = field55.index(tag_hex) + len(tag_hex) + 2 * offset  # tag_hex ends with the length byte
+    byte = int(field55[at : at + 2], 16) ^ 0x01
+    return dict(upload, field55=field55[:at] + f"{byte:02X}" + field55[at + 2 :])
+
+
+def test_batch_verification_answers_as_one_by_one(uploads, verifier) -> None:  # type: ignore[no-untyped-def]
+    """hsm.tc_batch (card keys once per card, a card's session keys in one ECB call) gives exactly
+    SoftHSM.verify_arqc + verify_iad_mac's answers, in both suites, for good and tampered taps."""
+    tampered = [
+        _flip(uploads[0], "9F2608", 0),  # the TC
+        _flip(uploads[1], "9F2608", 7),
+        _flip(uploads[2], "9F3704", 1),  # the unpredictable number: the AC input changes
+        _flip(uploads[3], "9F1013", 18),  # the IAD balance MAC's last byte
+        _flip(uploads[4], "9F1013", 4),  # the CVR (in the AC input)
+    ]
+    records = [parse_record(u) for u in [*uploads, *tampered]]
+    one_by_one = [verifier.forged(r) for r in records]
+    assert one_by_one[:12] == [None] * 12
+    assert all(reason is not None for reason in one_by_one[12:])
+    assert verifier.forged_many(records) == one_by_one
+    assert {r.iad[7] for r in records} == {0x01, 0x04}
+    assert verifier.forged_many([]) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.datetimes(
+        timezones=st.sampled_from(
+            [dt.UTC, dt.timezone(dt.timedelta(hours=8)), dt.timezone(-dt.timedelta(hours=5))]
+        )
+    )
+)
+def test_the_bulk_writer_stores_times_as_sqlalchemy_would(moment: dt.datetime) -> None:
+    """store._sqlite_stamp (no per-value processing) == UTCDateTime's bind on SQLite."""
+    from sqlalchemy.dialects import sqlite
+
+    from citycard.clearing.store import _sqlite_stamp
+    from citycard.clearing.tables import Tap
+
+    bind = Tap.__table__.c.tap_at.type._cached_bind_processor(sqlite.dialect())
+    assert _sqlite_stamp(moment) == bind(moment)
+
+
+def test_an_ac_input_tag_of_the_wrong_length_is_malformed(uploads) -> None:  # type: ignore[no-untyped-def]
+    field55 = uploads[0]["field55"]
+    at = field55.index("9F3704")
+    short = field55[:at] + "9F3703" + field55[at + 6 : at + 12] + field55[at + 14 :]  # 9F37 of 3 bytes
+    with pytest.raises(MalformedRecord, match="9F37 must be 4 bytes, got 3"):
+        parse_record(uploads[0] | {"field55": short})

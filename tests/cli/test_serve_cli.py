@@ -115,6 +115,10 @@ def test_serve_takes_the_admin_password_from_the_environment(tmp_path: Path) -> 
 def test_bad_options_exit_2(citycard, tmp_path: Path) -> None:
     result = citycard("serve", "--port", "70000", "--data-dir", str(tmp_path))
     assert result.code == 2 and "--port" in result.err
+    result = citycard("serve", "--clearing-labels", "EU=a,b", "--data-dir", str(tmp_path))
+    assert result.code == 2 and "--clearing-labels 'EU=a,b'" in result.err
+    result = citycard("serve", "--fare-table", "atlantis", "--data-dir", str(tmp_path))
+    assert result.code == 2 and "--fare-table 'atlantis'" in result.err
     result = citycard("api-key", "create", "--role", "cardholder", "--name", "x", "--data-dir", str(tmp_path))
     assert result.code == 2 and "--role" in result.err
     result = citycard(

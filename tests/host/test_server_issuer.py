@@ -75,3 +75,47 @@ def test_purchase_forgery_pin_and_reversal_over_tcp(bank) -> None:
         assert balance_fen(conn, f"citybank:card:{PAN_INTL}:01") == BALANCE_FEN  # reversed once
         assert balance_fen(conn, f"citybank:merchant:{TERMINAL.merchant_id}") == 500
         assert check_invariants(conn) == []
+
+
+GM_TERMINAL = builders.Terminal(terminal_id="G0000001", merchant_id="M00000000000078")
+
+
+@pytest.mark.parametrize("card_suite", [INTL, GM], ids=["INTL card", "GM card"])
+@pytest.mark.parametrize("terminal_suite", [INTL, GM], ids=["INTL terminal", "GM terminal"])
+def test_online_pin_from_terminals_of_both_suites(bank, terminal_suite, card_suite) -> None:
+    """A GM terminal's PIK is SM4: its PIN block is 16 bytes and travels in F57 (F52 is b64); an INTL
+    terminal's 8-byte block in F52. The server translates either to the issuer's PIN key of the PIK's
+    suite; the issuer checks it against the PVV under the card's PVK."""
+    running, issuer, hsm = bank
+    terminal = GM_TERMINAL if terminal_suite is GM else TERMINAL
+    if terminal_suite is GM:
+        hsm.generate_key(f"tmk:{terminal.terminal_id}", "TMK", GM)
+    pan = PAN_GM if card_suite is GM else PAN_INTL
+    card = _card(hsm, pan, card_suite)
+    now = datetime.now(UTC)
+    with HostClient("127.0.0.1", running.port, hsm=hsm) as client:
+        client.sign_on(terminal_id=terminal.terminal_id, merchant_id=terminal.merchant_id)
+
+        def with_pin(stan: int, pin: str) -> dict:
+            block = client.pin_block(terminal_id=terminal.terminal_id, pin=pin, pan=pan)
+            assert len(block) == terminal_suite.block_bytes
+            fields = card.request("authorisation", terminal=terminal, stan=stan, amount_fen=300, when=now)
+            fields.update({builders.pin_field(block): block, "26": "12", "22": "051"})
+            return fields
+
+        wrong = with_pin(1, "9999")
+        assert ("57" in wrong) is (terminal_suite is GM) and ("52" in wrong) is (terminal_suite is INTL)
+        assert client.exchange(wrong)["39"] == "55"
+        assert client.exchange(with_pin(2, "1234"))["39"] == "00"
+        garbled = with_pin(3, "1234")
+        field = builders.pin_field(garbled.get("52", garbled.get("57")))
+        garbled[field] = bytes(b ^ 0x5A for b in garbled[field])
+        # 3DES: any 8 bytes translate and fail the PVV (55); SM4: the padding check fails (A7)
+        assert client.exchange(garbled)["39"] == ("A7" if terminal_suite is GM else "55")
+        swapped = with_pin(4, "1234")  # the 3DES block in F57, or half the SM4 block in F52
+        block = swapped.pop(field)
+        swapped["57" if field == "52" else "52"] = block[:8]
+        assert client.exchange(swapped)["39"] == "A7"
+    with issuer.engine.connect() as conn:
+        assert balance_fen(conn, f"citybank:card:{pan}:01") == BALANCE_FEN - 300
+        assert check_invariants(conn) == []

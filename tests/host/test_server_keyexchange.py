@@ -74,10 +74,23 @@ def test_pin_translation_to_a_zone_pin_key() -> None:
         hsm.translate_pin_block(keys.pik_label, "tmk:T0000001", pin_block=block)
     with pytest.raises(HSMError, match="8 bytes"):
         hsm.translate_pin_block(keys.pik_label, "zpk-intl", pin_block=bytes(7))
+    # a GM terminal: SM4 PIK, a 16-byte block (F57) = SM4-ECB of the format-0 block ‖ 80 00…
     gm_hsm = _hsm(GM)
+    gm_hsm.import_key("zpk-intl", "PIN", INTL, zpk)
+    gm_hsm.import_key("zpk-gm", "PIN", GM, zpk)
     gm_keys = gm_hsm.generate_session_keys("tmk:T0000001", peer="T1")
-    with pytest.raises(HSMError, match="F52"):
-        gm_hsm.encipher_pin_block(gm_keys.pik_label, pin="1234", pan="6235480000000016")
+    sm4_block = gm_hsm.encipher_pin_block(gm_keys.pik_label, pin="1234", pan="6235480000000016")
+    pik = GM.ecb_decrypt(TMK, gm_keys.f62[:16])
+    assert len(sm4_block) == 16 and GM.ecb_decrypt(pik, sm4_block) == clear + b"\x80" + bytes(7)
+    to_gm = gm_hsm.translate_pin_block(gm_keys.pik_label, "zpk-gm", pin_block=sm4_block)
+    assert GM.ecb_decrypt(zpk, to_gm) == clear + b"\x80" + bytes(7)
+    to_intl = gm_hsm.translate_pin_block(gm_keys.pik_label, "zpk-intl", pin_block=sm4_block)
+    assert INTL.ecb_decrypt(zpk, to_intl) == clear
+    with pytest.raises(HSMError, match="16 bytes"):
+        gm_hsm.translate_pin_block(gm_keys.pik_label, "zpk-gm", pin_block=block)  # an 8-byte block
+    garbled = GM.ecb_encrypt(pik, clear + b"\x81" + bytes(7))  # deciphers, but the padding is wrong
+    with pytest.raises(HSMError, match="padded format-0"):
+        gm_hsm.translate_pin_block(gm_keys.pik_label, "zpk-gm", pin_block=garbled)
 
 
 @pytest.mark.parametrize("suite", [INTL, GM], ids=["intl", "gm"])

@@ -78,3 +78,29 @@ def test_flag_publish_export_and_check_on_the_terminal_side(tmp_path):
         assert run("blacklist", "flag", "12", "--reason", "fraud", *db).returncode == 2
         missing = run("blacklist", "show", "--class", "bus", "--db", f"sqlite:///{tmp_path}/none.db")
         assert missing.returncode == 2 and "no database" in missing.stderr
+
+
+def test_drain_publishes_the_changes_since_the_last_drain(tmp_path):
+    with dbtools.fresh_database("sqlite", tmp_path) as url:
+        dbtools.migrated_engine(url).dispose()
+        db = ["--db", url]
+        first = json.loads(run("blacklist", "drain", "--json", *db).stdout)
+        assert first["events"] == 0
+        assert run("blacklist", "publish", "--all", *db).returncode == 0
+        assert (
+            run("blacklist", "flag", "6235480000000037", "--psn", "01", "--reason", "fraud", *db).returncode
+            == 0
+        )
+        drained = run("blacklist", "drain", "--json", *db)
+        assert drained.returncode == 0, drained.stderr
+        answer = json.loads(drained.stdout)
+        assert answer["events"] == 1 and answer["versions"] == dict.fromkeys(blacklist.TERMINAL_CLASSES, 2)
+        delta = tmp_path / "gate-1-2.ccxd"
+        assert (
+            run("blacklist", "export", "--class", "gate", "--from", "1", "--out", str(delta), *db).returncode
+            == 0
+        )
+        updated = apply_delta(ExceptionFile.build([], version=1), delta.read_bytes())
+        assert updated.contains("6235480000000037", "01") and updated.version == 2
+        again = run("blacklist", "drain", *db)
+        assert again.returncode == 0 and again.stdout.startswith("nothing to publish")

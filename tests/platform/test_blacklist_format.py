@@ -13,6 +13,7 @@ from citycard.platform.blacklist_format import (
     apply_delta,
     decode_delta,
     encode_delta,
+    encode_delta_to,
 )
 
 # A small PAN space, so that the two lists share entries and wildcards meet exact PSNs.
@@ -77,3 +78,16 @@ def test_a_delta_that_does_not_go_up_is_not_written():
     same = ExceptionFile.build([], version=3)
     with pytest.raises(ExceptionFileError, match="must go up"):
         encode_delta(added=[], removed=[], from_version=3, result=same)
+
+
+@settings(max_examples=100, deadline=None)
+@given(before=lists, after=lists, from_version=st.integers(0, 2**40))
+def test_the_delta_from_stored_facts_equals_the_delta_from_the_list(before, after, from_version):
+    """The platform builds deltas from the version row (count, checksum), never from list M itself."""
+    new = ExceptionFile.build(after, version=from_version + 1)
+    changes = {"added": after - before, "removed": before - after, "from_version": from_version}
+    from_facts = encode_delta_to(**changes, to_version=new.version, result_count=len(new),
+                                 result_sha256=new.body_sha256)  # fmt: skip
+    assert from_facts == encode_delta(**changes, result=new)
+    with pytest.raises(ExceptionFileError, match="32 bytes"):
+        encode_delta_to(**changes, to_version=new.version, result_count=len(new), result_sha256=b"\x00")

@@ -77,6 +77,11 @@ def test_a_loss_report_reaches_the_validator_on_the_next_delta_and_the_tap_is_de
         exchange.subscribe(
             conn, name="transit-clearing", sector="transit", kinds="card.lost", at=dt.datetime.now(dt.UTC)
         )
+        # the cardholder lets the transit sector see their card's events (without it: redacted)
+        holder_id = conn.execute(
+            sa.select(card_rows.c.cardholder_id).where(card_rows.c.id == card_id)
+        ).scalar_one()
+        cardholders.grant_consent(conn, holder_id, sector="transit", scope="cards", actor=ACTOR)
         v1 = blacklist.publish(conn, terminal_class="bus", at=dt.datetime.now(dt.UTC))
         row = conn.execute(sa.select(card_rows).where(card_rows.c.id == card_id)).one()._asdict()
         validator_list = blacklist.full_list(conn, terminal_class="bus", version=v1)

@@ -225,3 +225,46 @@ def test_nats_unreachable_keeps_the_cursor_and_stops_promptly(engine):
     assert stats.errors and "Connect call failed" in stats.errors[0]
     with read_transaction(engine) as conn:  # never reached the database: no subscriber row either
         assert exchange.list_subscribers(conn) == []
+
+
+def test_the_relay_applies_the_consent_filter_of_its_sector(engine, config):
+    """The shared stream (the platform's relay) carries events about cardholders redacted; a
+    sector's own relay carries them in full for the cardholders who consented to that sector."""
+    import dataclasses
+
+    from tests.platform.test_blacklist import add_card
+
+    from citycard.platform import cardholders
+    from citycard.platform.tables import cards as platform_cards
+
+    with write_transaction(engine) as conn:
+        ids = [add_card(conn, pan=f"623548200000{n:04d}", psn=1, serial=40 + n) for n in (1, 2)]
+        holders = [
+            conn.execute(platform_cards.select().where(platform_cards.c.id == i)).one().cardholder_id
+            for i in ids
+        ]
+        cardholders.grant_consent(conn, holders[0], sector="health", scope="records", actor="desk:1")
+        seqs = [
+            events.emit(conn, "card.lost", card_id=i, cardholder_id=h, payload={"formal": True})
+            for i, h in zip(ids, holders, strict=True)
+        ]
+    asyncio.run(_relay_until_idle(engine, config))
+    shared = [body for _, body, _ in asyncio.run(_stream_messages(config)) if body["kind"] == "card.lost"]
+    redacted = {"redacted": "consent.missing"}
+    assert [(b["seq"], b["card_id"], b["cardholder_id"], b["payload"]) for b in shared] == [
+        (seqs[0], None, None, redacted),
+        (seqs[1], None, None, redacted),
+    ]
+    health = dataclasses.replace(
+        config, sector="health", subscriber="nats-relay-health", stream=config.stream + "_HEALTH",
+        subject_prefix=config.subject_prefix + "-health",
+    )  # fmt: skip
+    try:
+        asyncio.run(_relay_until_idle(engine, health))
+        own = [body for _, body, _ in asyncio.run(_stream_messages(health)) if body["kind"] == "card.lost"]
+    finally:
+        asyncio.run(_delete_stream(health))
+    assert [(b["seq"], b["card_id"], b["payload"]) for b in own] == [
+        (seqs[0], ids[0], {"formal": True}),
+        (seqs[1], None, redacted),
+    ]

@@ -91,6 +91,15 @@ def intl_pin_card(data_dir, env) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def gm_pin_card(data_dir, env) -> Path:
+    """The GM twin: terminal 00000003 has a GM TMK, so its session PIK is SM4 and the 16-byte PIN
+    block travels in F57 (F52 is b64; UNCERTAIN for CUPS, docs/hosts.md)."""
+    path = personalise_and_enrol(data_dir, env, data_dir / "gm-pin", "pboc-debit-gm", "--pin", "4321")
+    host_command(env, "terminal-key", "--terminal-id", "00000003", "--suite", "gm")
+    return path
+
+
 def issuer_process(env: dict[str, str], mode: str) -> Iterator[int]:
     """``approve`` / ``no-mac``: the real issuer (``citycard host serve``); ``silent``: the stand-in."""
     if mode == "silent":
@@ -155,21 +164,26 @@ def test_terminal_pay_online_is_approved_by_the_issuer(card, env, issuer):
     assert result["online"]["pending_reversals"] == 0
 
 
-def test_online_pin_under_the_session_pik_is_checked_by_the_issuer(intl_pin_card, env, issuer):
+@pytest.mark.parametrize("suite", ["INTL", "GM"])
+def test_online_pin_under_the_session_pik_is_checked_by_the_issuer(
+    suite, intl_pin_card, gm_pin_card, env, issuer
+):
     """The right PIN is approved, a wrong one gets 55 — one card, so its ATC keeps rising (the
-    issuer refuses a repeated ATC)."""
+    issuer refuses a repeated ATC). INTL: 3DES block in F52; GM: SM4 block in F57."""
+    # both cards and terminal keys exist before the issuer starts: it loads the TMKs when it starts
+    card, terminal_id = (intl_pin_card, "00000002") if suite == "INTL" else (gm_pin_card, "00000003")
     for pin, outcome, code in (("4321", "approved_online", "00"), ("9999", "declined", "55")):
         done = pay(
-            intl_pin_card, env, "--amount", "12.50", "--online", f"127.0.0.1:{issuer}",
-            "--terminal-id", "00000002", "--pin", pin, "--json",
+            card, env, "--amount", "12.50", "--online", f"127.0.0.1:{issuer}",
+            "--terminal-id", terminal_id, "--pin", pin, "--json",
         )  # fmt: skip
         result = json.loads(done.stdout)
         assert result["cvm_results"] == "420300"  # online PIN: the issuer decides
         assert "online_pin_entered" in result["tvr_bits"]
-        assert (result["outcome"], result["authorisation_response_code"]) == (outcome, code), result[
-            "reasons"
-        ]
-        assert result["online"]["log"][0] == "signed on with tmk:00000002: messages carry a MAC"
+        why = (result["reasons"], result["online"])
+        assert (result["outcome"], result["authorisation_response_code"]) == (outcome, code), why
+        assert result["suite"] == suite
+        assert result["online"]["log"][0] == f"signed on with tmk:{terminal_id}: messages carry a MAC"
 
 
 def test_terminal_pay_online_above_the_account_balance_is_declined_by_the_issuer(card, env, issuer):

@@ -34,6 +34,8 @@ ROUTERS: list[tuple[str, tuple[str, ...]]] = [
     ("citycard.api.routers.applications", ("citycard.platform.applications", "citycard.platform.cards")),
     ("citycard.api.routers.blacklist", ("citycard.platform.blacklist",)),
     ("citycard.api.routers.exchange", ("citycard.platform.exchange",)),
+    ("citycard.api.routers.terminals", ("citycard.clearing.store", "citycard.platform.blacklist")),
+    ("citycard.api.routers.healthcare", ("citycard.sectors.health.service",)),
 ]
 
 
@@ -62,9 +64,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if importlib.util.find_spec("citycard.platform.nats_relay") is None:
         yield
         return
-    from citycard.platform import nats_relay
+    from citycard.platform import blacklist_outbox, nats_relay
 
-    async with nats_relay.background_relay(app.state.engine, app.state.relay_config) as relay:
+    # The blacklist publisher drains loss reports and flags into new list versions (unless
+    # CITYCARD_BLACKLIST_AUTO_PUBLISH=0); docs/platform-exchange.md "Automatic publishing".
+    async with (
+        blacklist_outbox.background_publisher(app.state.engine) as publisher,
+        nats_relay.background_relay(app.state.engine, app.state.relay_config) as relay,
+    ):
+        app.state.blacklist_publisher = publisher
         app.state.nats_relay = relay
         yield
 

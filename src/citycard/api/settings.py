@@ -25,3 +25,15 @@ class ApiSettings:
     auth_cache_ttl_s: float = AUTH_CACHE_TTL_S
     body_bytes_max: int = BODY_BYTES_MAX
     title: str = "citycard platform API"
+    # validators (api/routers/terminals.py): the clearing HSM (None: the app's HSM) and the issuer's
+    # IMK labels per suite, as `citycard clearing intake --hsm --master-key --labels` takes them;
+    # the fare table distributed to validators (shipped name, or <fares_dir>/<name>.toml); the
+    # CAPK set version (raise it when the HSM's CAs change)
+    clearing_hsm: Path | None = None
+    clearing_master_key: Path | None = None
+    clearing_labels: dict[str, tuple[str, str]] = field(
+        default_factory=lambda: {"INTL": ("imk-ac-intl", "imk-mac-intl"), "GM": ("imk-ac-gm", "imk-mac-gm")}
+    )
+    fare_table: str = "panzhihua"
+    fares_dir: Path | None = None
+    capks_version: int = 1

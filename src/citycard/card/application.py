@@ -51,6 +51,9 @@ class Application(ABC):
     aid: bytes
     label: str
     priority: int | None = None  # 87, application priority indicator
+    # Listed in the payment directories (PSE/PPSE)? A payment application is; a sector DDF such as
+    # the health application is selected by its name and stays out of the terminals' candidate list.
+    in_payment_directory: bool = True
 
     @abstractmethod
     def fci(self, ctx: CardContext) -> bytes:

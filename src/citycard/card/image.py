@@ -569,3 +569,10 @@ def new_card(
         clock=clock,
         durable=durable,
     )
+
+
+def install_application(card: Card, app: Application) -> Application:
+    """Add a blank application to an issued card (:meth:`citycard.card.os.Card.install`); STORE DATA
+    then personalises it and the card saves its image with it. Used for the health DDF1
+    (docs/health-card.md §4)."""
+    return card.install(app)

@@ -228,6 +228,23 @@ class Card:
         self._store_data_next = 0
         self._partial_dgi: PartialDgi | None = None  # a DGI continuing in the next STORE DATA block
 
+    def install(self, app: Application) -> Application:
+        """Add a blank application to an issued card, as a card bureau's secured load does (a
+        GlobalPlatform INSTALL [for install] in a real chip); STORE DATA then personalises it and the
+        image saved next holds it. Refused (ValueError, nothing changed): an AID already on the card
+        or one partial-selection prefix of another, a full card."""
+        aids = [existing.aid for existing in self._applications]
+        if not isinstance(app.aid, bytes) or not NAME_BYTES_MIN <= len(app.aid) <= NAME_BYTES_MAX:
+            raise ValueError(f"an AID is {NAME_BYTES_MIN} to {NAME_BYTES_MAX} bytes, got {app.aid!r}")
+        if any(aid.startswith(app.aid) or app.aid.startswith(aid) for aid in aids):
+            raise ValueError(
+                f"the card already holds an application named {app.aid.hex().upper()} or a prefix of it"
+            )
+        if len(aids) >= APPLICATIONS_MAX:
+            raise ValueError(f"the card holds its maximum of {APPLICATIONS_MAX} applications")
+        self._applications = (*self._applications, app)
+        return app
+
     def __repr__(self) -> str:
         aids = ", ".join(app.aid.hex().upper() for app in self._applications)
         return f"Card(serial={self._serial.hex().upper()}, {self._protocol}, {self.interface}, [{aids}])"
@@ -456,8 +473,8 @@ class Card:
         return Response(fci, status)
 
     def _listed(self) -> list[Application]:
-        """The applications a directory lists: the personalised ones, in the card's order."""
-        return [app for app in self._applications if app.personalised]
+        """The applications a directory lists: the personalised payment ones, in the card's order."""
+        return [app for app in self._applications if app.personalised and app.in_payment_directory]
 
     def _read_directory(self, command: Command) -> Response:
         """READ RECORD of the PSE directory (SFI 1): record n = 70(61(...)) of the n-th application."""

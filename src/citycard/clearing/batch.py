@@ -13,11 +13,17 @@ Per record, in this order (the first failing check names the exception):
 4. ``late`` — tapped more than :data:`LATE_AFTER` before clearing;
 5. ``forged`` — the TC or the IAD's EC balance MAC does not verify in the HSM;
 6. per card in ATC order: ``out_of_order`` — an ATC at or below the last cleared one;
-   ``balance_chain`` — the next ATC's balance before (after + amount) is not the last balance after.
+   ``balance_chain`` — the next ATC's balance before (after + amount) is not the last balance after;
+   ``refund_unbacked`` — the tap's transit exit refund exceeds what the operator collected from the
+   card (its cleared, unrefunded fares to that operator less the refunds already paid, plus the
+   fares accepted earlier in this batch): held for the operator's handling.
 
 An accepted tap posts ``tc:PAN:PSN:ATC`` (card EC account → operator settlement account, layer
 cleared); one tapped at or after the card's loss-report minute is also refunded with
-``refund:PAN:PSN:ATC`` (operator → the card's EC account, i.e. back to the cardholder).
+``refund:PAN:PSN:ATC`` (operator → the card's EC account, i.e. back to the cardholder). A tap whose
+transit object (:mod:`~citycard.clearing.transit`) carries ``refund_fen`` > 0 (a segmented exit
+paying back part of the maximum held at entry) also posts ``exitrefund:PAN:PSN:ATC`` (operator →
+the card's EC account). A zero-amount tap is checked like any other and posts no fare.
 """
 
 from __future__ import annotations
@@ -31,8 +37,12 @@ from typing import Any, NamedTuple
 from citycard.clearing.record import ClearingRecord, MalformedRecord, parse_record, record_key
 from citycard.clearing.verify import Verifier
 from citycard.ledger.model import Layer, Line, PostingRequest
+from citycard.ledger.transfers import Transfer
 
-REASONS = ("malformed", "duplicate", "unknown_card", "late", "forged", "out_of_order", "balance_chain")
+REASONS = (
+    "malformed", "duplicate", "unknown_card", "late", "forged", "out_of_order", "balance_chain",
+    "refund_unbacked",
+)  # fmt: skip
 # UNCERTAIN: CUPS/PBOC give no public figure for how old an offline TC may be when it reaches
 # clearing; 30 days covers a validator offline for a week with room to spare.
 LATE_AFTER = dt.timedelta(days=30)
@@ -74,6 +84,9 @@ class Known:
     cards: Mapping[str, CardState]
     seen: Container[str]
     now: dt.datetime
+    # (card, operator) → fen the operator may still refund to the card: its cleared, unrefunded
+    # fares less the exit refunds and corrections paid (only for cards with a refund in the batch).
+    refundable: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +131,15 @@ class Cleared(NamedTuple):
     vehicle: str
     terminal_id: str
     tap_at: dt.datetime
+    exit_refund_fen: int = 0
+    transit: str | None = None  # canonical JSON (clearing.transit.Transit.json)
 
     @classmethod
     def of(cls, r: ClearingRecord) -> Cleared:
+        transit = r.transit
         return cls(r.key, r.card, r.pan, r.psn, r.atc, r.amount_fen, r.balance_after_fen, r.operator, r.route,
-                   r.vehicle, r.terminal_id, r.tap_at)  # fmt: skip
+                   r.vehicle, r.terminal_id, r.tap_at, 0 if transit is None else transit.refund_fen,
+                   None if transit is None else transit.json())  # fmt: skip
 
 
 def tc_posting_key(record: ClearingRecord | Cleared) -> str:
@@ -133,53 +150,95 @@ def refund_posting_key(record: ClearingRecord | Cleared) -> str:
     return f"refund:{record.key}"
 
 
-def postings_for(record: ClearingRecord | Cleared, issuer: str, *, refunded: bool) -> list[PostingRequest]:
-    """The ledger postings of an accepted tap (none for a free ride: a posting needs an amount)."""
-    if record.amount_fen == 0:
-        return []
+def exit_refund_posting_key(record: ClearingRecord | Cleared) -> str:
+    return f"exitrefund:{record.key}"
+
+
+def transfers_for(record: ClearingRecord | Cleared, issuer: str, *, refunded: bool) -> list[Transfer]:
+    """The ledger movements of an accepted tap, as two-line transfers (ledger.transfers): the fare
+    (none for a free ride: a posting needs an amount), its refund after a loss report, and the
+    transit exit refund — card EC account ``ISSUER:ec:PAN:PSN`` ⇄ ``operator:OPERATOR``."""
     card, operator = ec_account(issuer, record.pan, record.psn), operator_account(record.operator)
     memo = f"{record.operator} {record.route}/{record.vehicle} {record.terminal_id}"
-    fare = PostingRequest(
-        tc_posting_key(record),
-        (Line(card, debit_fen=record.amount_fen), Line(operator, credit_fen=record.amount_fen)),
-        Layer.CLEARED,
-        memo,
-    )
-    if not refunded:
-        return [fare]
-    refund = PostingRequest(
-        refund_posting_key(record),
-        (Line(operator, debit_fen=record.amount_fen), Line(card, credit_fen=record.amount_fen)),
-        Layer.CLEARED,
-        f"refund after loss report: {memo}",
-    )
-    return [fare, refund]
+    key, amount, exit_refund = record.key, record.amount_fen, record.exit_refund_fen
+    out = []
+    if amount:
+        out.append(Transfer(f"tc:{key}", card, operator, amount, memo))
+        if refunded:
+            out.append(Transfer(f"refund:{key}", operator, card, amount, f"refund after loss report: {memo}"))
+    if exit_refund:
+        out.append(Transfer(f"exitrefund:{key}", operator, card, exit_refund, f"exit refund: {memo}"))
+    return out
 
 
-def clear_batch(records: Sequence[Mapping[str, Any]], *, keys: Verifier, known: Known) -> BatchResult:
-    """Clear uploaded taps (see the module note). Pure: same inputs, same result; no I/O but ``keys``."""
-    result = BatchResult()
-    exceptions = result.exceptions
+def postings_for(record: ClearingRecord | Cleared, issuer: str, *, refunded: bool) -> list[PostingRequest]:
+    """:func:`transfers_for` as ledger posting requests (layer cleared), for ``post_many``."""
+    out = []
+    for t in transfers_for(record, issuer, refunded=refunded):
+        lines = (Line(t.debit, debit_fen=t.amount_fen), Line(t.credit, credit_fen=t.amount_fen))
+        out.append(PostingRequest(t.key, lines, Layer.CLEARED, t.memo))
+    return out
 
-    def reject(position: int, key: str, reason: str, detail: str) -> None:
-        exceptions.append(ClearingException(key, reason, detail, records[position], position))
 
-    in_batch: set[str] = set()
-    per_card: dict[str, list[tuple[ClearingRecord, int]]] = defaultdict(list)
+class Checked(NamedTuple):
+    """A record after the per-record checks that need no state (:func:`check_records`): parsed and
+    verified (``tap``), or ``problem`` = ("malformed" | "forged", detail). ``position`` indexes the
+    uploads the exceptions refer to."""
+
+    position: int
+    key: str
+    tap: ClearingRecord | Cleared | None
+    problem: tuple[str, str] | None
+
+
+def check_records(
+    records: Sequence[Mapping[str, Any]], *, keys: Verifier, compact: bool = False
+) -> list[Checked]:
+    """Parse every record and verify its TC and IAD MAC (all of them in one HSM call when the
+    verifier has ``forged_many``). Pure but for ``keys``; needs no database state, so it runs in any
+    process over any slice of the uploads. ``compact`` returns :class:`Cleared` rows (cheap to pickle)."""
+    out: list[Checked] = []
+    parsed: list[tuple[int, ClearingRecord]] = []
     for position, upload in enumerate(records):
         try:
-            record = parse_record(upload)
+            parsed.append((position, parse_record(upload)))
         except MalformedRecord as exc:
-            reject(position, record_key(upload), "malformed", str(exc))
+            out.append(Checked(position, record_key(upload), None, ("malformed", str(exc))))
+    many = getattr(keys, "forged_many", None)
+    reasons = many([r for _, r in parsed]) if many is not None else [keys.forged(r) for _, r in parsed]
+    for (position, record), why in zip(parsed, reasons, strict=True):
+        tap = Cleared.of(record) if compact else record
+        out.append(Checked(position, record.key, tap, None if why is None else ("forged", why)))
+    out.sort(key=lambda c: c.position)
+    return out
+
+
+def decide(
+    checked: Sequence[Checked], uploads: Sequence[Mapping[str, Any]], *, known: Known
+) -> tuple[list[tuple[ClearingRecord | Cleared, bool]], list[ClearingException]]:
+    """The checks that need state (see the module note for the order): duplicates, unknown cards,
+    late and future taps, forged, then per card in ATC order the chain and the exit refund bound.
+    Returns the accepted taps with their loss-refund flag, and the exceptions. Pure."""
+    accepted: list[tuple[ClearingRecord | Cleared, bool]] = []
+    exceptions: list[ClearingException] = []
+
+    def reject(position: int, key: str, reason: str, detail: str) -> None:
+        exceptions.append(ClearingException(key, reason, detail, uploads[position], position))
+
+    in_batch: set[str] = set()
+    per_card: dict[str, list[tuple[ClearingRecord | Cleared, int]]] = defaultdict(list)
+    cards, seen, now = known.cards, known.seen, known.now
+    for position, key, record, problem in checked:
+        if record is None:
+            assert problem is not None
+            reject(position, key, *problem)
             continue
-        key = record.key
-        if key in in_batch or key in known.seen:
+        if key in in_batch or key in seen:
             where = "earlier in this batch" if key in in_batch else "in an earlier batch"
             reject(position, key, "duplicate", f"PAN+PSN+ATC {key} already cleared {where}")
             continue
         in_batch.add(key)
-        state = known.cards.get(record.card)
-        if state is None:
+        if record.card not in cards:
             reject(
                 position,
                 key,
@@ -187,46 +246,71 @@ def clear_batch(records: Sequence[Mapping[str, Any]], *, keys: Verifier, known: 
                 f"card {record.card} is not registered with clearing or has no EC ledger account",
             )
             continue
-        if known.now - record.tap_at > LATE_AFTER:
+        if now - record.tap_at > LATE_AFTER:
             reject(
                 position, key, "late", f"tapped {record.tap_at.isoformat()}, over {LATE_AFTER.days} days ago"
             )
             continue
-        if record.tap_at - known.now > FUTURE_SLACK:
+        if record.tap_at - now > FUTURE_SLACK:
             reject(position, key, "malformed", f"tap_at {record.tap_at.isoformat()} is in the future")
             continue
-        why = keys.forged(record)
-        if why is not None:
-            reject(position, key, "forged", why)
+        if problem is not None:
+            reject(position, key, *problem)
             continue
         per_card[record.card].append((record, position))
 
     for card, taps in per_card.items():
-        state = known.cards[card]
+        state = cards[card]
         last_atc, last_balance = state.last_atc, state.last_balance_fen
-        for record, position in sorted(taps, key=lambda pair: pair[0].atc):
-            if last_atc is not None and record.atc <= last_atc:
-                reject(
-                    position, record.key, "out_of_order", f"ATC {record.atc} after ATC {last_atc} was cleared"
-                )
+        refundable: dict[str, int] = {}  # operator → fen still refundable to this card
+        if len(taps) > 1:
+            taps.sort(key=lambda pair: pair[0].atc)
+        for record, position in taps:
+            atc = record.atc
+            if last_atc is not None and atc <= last_atc:
+                reject(position, record.key, "out_of_order", f"ATC {atc} after ATC {last_atc} was cleared")
                 continue
+            before = record.balance_after_fen + record.amount_fen
             if (
                 last_atc is not None
                 and last_balance is not None
-                and record.atc == last_atc + 1
-                and record.balance_before_fen != last_balance
+                and atc == last_atc + 1
+                and before != last_balance
             ):
                 reject(
                     position,
                     record.key,
                     "balance_chain",
-                    f"balance before {record.balance_before_fen} fen ≠ {last_balance} fen after ATC {last_atc}",
+                    f"balance before {before} fen ≠ {last_balance} fen after ATC {last_atc}",
                 )
                 continue
+            refunded = state.lost_at is not None and record.tap_at >= state.lost_at
+            exit_refund, op = record.exit_refund_fen, record.operator
+            have = refundable.get(op)
+            if have is None:
+                have = known.refundable.get((card, op), 0)
+            if exit_refund > have:
+                reject(
+                    position,
+                    record.key,
+                    "refund_unbacked",
+                    f"exit refund {exit_refund} fen > {have} fen the operator {op} collected from card {card}",
+                )
+                continue
+            refundable[op] = have - exit_refund + (0 if refunded else record.amount_fen)
             # An ATC gap means online transactions (e.g. a 圈存 top-up) happened in between, so the
             # chain restarts from this tap's MACed balance (UNCERTAIN: ATC gaps are not reconciled).
-            last_atc, last_balance = record.atc, record.balance_after_fen
-            refunded = state.lost_at is not None and record.tap_at >= state.lost_at
-            result.accepted.append(Accepted(record, refunded))
-            result.postings.extend(postings_for(record, state.issuer, refunded=refunded))
+            last_atc, last_balance = atc, record.balance_after_fen
+            accepted.append((record, refunded))
+    return accepted, exceptions
+
+
+def clear_batch(records: Sequence[Mapping[str, Any]], *, keys: Verifier, known: Known) -> BatchResult:
+    """Clear uploaded taps (see the module note). Pure: same inputs, same result; no I/O but ``keys``.
+    It is :func:`check_records` (per record, stateless) then :func:`decide` (per card, with ``known``)."""
+    accepted, exceptions = decide(check_records(records, keys=keys), records, known=known)
+    result = BatchResult(exceptions=exceptions)
+    for record, refunded in accepted:
+        result.accepted.append(Accepted(record, refunded))  # type: ignore[arg-type]
+        result.postings.extend(postings_for(record, known.cards[record.card].issuer, refunded=refunded))
     return result

@@ -1,10 +1,12 @@
-"""``--workers N``: the pure :func:`~citycard.clearing.batch.clear_batch` over partitions, in processes.
+"""``--workers N``: the stateless half of clearing (:func:`~citycard.clearing.batch.check_records`:
+parse, field-55 checks, TC and IAD-MAC verification) in N processes, by card partition.
 
-Records are partitioned by card (CRC32 of PAN:PSN), so a card's duplicates and balance chain stay in
-one partition and the merged result equals a single-process run up to order. Each worker opens the
-HSM once (:class:`~citycard.clearing.verify.VerifierSpec`) and keeps it for all its partitions, so
-the unwrapped IMKs and cipher objects are cached per worker. The parent only reads and writes the
-database; the workers never touch it.
+Records are partitioned by card (CRC32 of PAN:PSN), so all of a card's taps come back together and
+the parent can decide (duplicates, chain, refunds: :func:`~citycard.clearing.batch.decide`) and
+write each partition as soon as it arrives, while the workers go on. Each worker opens the HSM once
+(:class:`~citycard.clearing.verify.VerifierSpec`) and keeps it for all its partitions, so the
+unwrapped IMKs are cached per worker. The workers never touch the database; only compact
+:class:`~citycard.clearing.batch.Cleared` rows travel back (pickling is the cost that counts).
 """
 
 from __future__ import annotations
@@ -12,17 +14,20 @@ from __future__ import annotations
 import multiprocessing
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
-from citycard.clearing.batch import BatchResult, Cleared, ClearingException, Known, clear_batch, postings_for
-from citycard.clearing.verify import HsmVerifier, VerifierSpec
+from citycard.clearing.batch import BatchResult, Checked, Cleared, Known, check_records, decide, postings_for
+from citycard.clearing.verify import HsmVerifier, Verifier, VerifierSpec
 
 PARTITIONS_PER_WORKER = 4  # at least: enough to balance the load between workers
 RECORDS_PER_PARTITION = 2_000  # at most about: the parent starts writing after the first partition
 WORKERS_MAX = 64
 
 _verifier: HsmVerifier | None = None
+# The uploads, set in the parent just before the pool forks: the workers read them from their
+# copy-on-write memory, so only partition positions travel to them (pickling uploads would cost the
+# single-threaded parent more than the workers save).
+_uploads: Sequence[Mapping[str, Any]] = ()
 
 
 def _start(spec: VerifierSpec) -> None:
@@ -30,13 +35,26 @@ def _start(spec: VerifierSpec) -> None:
     _verifier = spec.build()
 
 
-def _run(job: tuple[list[Mapping[str, Any]], Known]) -> tuple[list[tuple[Cleared, bool]], list[Any]]:
-    """One partition in a worker; only the compact :class:`Cleared` rows travel back (the parent
-    rebuilds the postings with the same :func:`postings_for`), pickling being the cost that counts."""
-    uploads, known = job
+def _run(part: list[int]) -> list[tuple[Any, ...]]:
+    """One partition in a worker. Plain tuples travel back: a named tuple is rebuilt on unpickling
+    by a Python-level ``__new__`` per object, several times the cost of a plain one."""
     assert _verifier is not None, "worker started without its verifier"
-    result = clear_batch(uploads, keys=_verifier, known=known)
-    return [(Cleared.of(a.record), a.refunded) for a in result.accepted], result.exceptions
+    checked = check_records([_uploads[i] for i in part], keys=_verifier, compact=True)
+    return [
+        (part[position], key, None if tap is None else tuple(tap), problem)
+        for position, key, tap, problem in checked
+    ]
+
+
+_new_tuple = tuple.__new__
+
+
+def _rebuild(rows: list[tuple[Any, ...]]) -> list[Checked]:
+    """:func:`_run`'s plain rows back as :class:`Checked` with :class:`Cleared` taps."""
+    return [
+        _new_tuple(Checked, (position, key, None if tap is None else _new_tuple(Cleared, tap), problem))
+        for position, key, tap, problem in rows
+    ]
 
 
 def partition(uploads: Sequence[Mapping[str, Any]], parts: int) -> list[list[int]]:
@@ -48,44 +66,47 @@ def partition(uploads: Sequence[Mapping[str, Any]], parts: int) -> list[list[int
     return out
 
 
-def _subset(known: Known, uploads: Sequence[Mapping[str, Any]]) -> Known:
-    cards = {f"{u.get('pan')}:{u.get('psn')}" for u in uploads if isinstance(u, Mapping)}
-    seen = (
-        {key for key in known.seen if key.rsplit(":", 1)[0] in cards}
-        if isinstance(known.seen, set)
-        else known.seen
-    )
-    return Known({c: s for c, s in known.cards.items() if c in cards}, seen, known.now)
+def partitions(count: int, workers: int) -> int:
+    """How many card partitions for ``count`` records and ``workers`` processes."""
+    return max(workers * PARTITIONS_PER_WORKER, count // RECORDS_PER_PARTITION, 1)
 
 
-def clear_parallel_parts(
-    uploads: Sequence[Mapping[str, Any]], *, spec: VerifierSpec, known: Known, workers: int
-) -> Iterator[tuple[list[tuple[Cleared, bool]], list[ClearingException]]]:
-    """:func:`clear_batch` in ``workers`` processes: per card partition, as soon as it is ready,
-    the accepted taps as (:class:`Cleared`, refunded) and the exceptions (positions refer to
-    ``uploads``), so the caller writes while the workers go on."""
+def checked_parts(
+    uploads: Sequence[Mapping[str, Any]], *, keys: Verifier | VerifierSpec, workers: int
+) -> Iterator[list[Checked]]:
+    """Per card partition, as soon as it is ready, its records checked (:class:`Checked`, positions
+    refer to ``uploads``): in ``workers`` forked processes, or in this one when ``workers`` is 1."""
     if not 1 <= workers <= WORKERS_MAX:
         raise ValueError(f"workers must be 1…{WORKERS_MAX}, got {workers}")
-    count = max(workers * PARTITIONS_PER_WORKER, len(uploads) // RECORDS_PER_PARTITION)
-    parts = [p for p in partition(uploads, count) if p]
-    jobs = []
-    for part in parts:
-        chunk = [uploads[i] for i in part]
-        jobs.append((chunk, _subset(known, chunk)))
+    parts = [p for p in partition(uploads, partitions(len(uploads), workers)) if p]
+    if workers == 1:
+        verifier = keys.build() if isinstance(keys, VerifierSpec) else keys
+        for part in parts:
+            checked = check_records([uploads[i] for i in part], keys=verifier, compact=True)
+            yield [c._replace(position=part[c.position]) for c in checked]
+        return
+    if not isinstance(keys, VerifierSpec):
+        raise ValueError("workers > 1 need a VerifierSpec (each worker opens the HSM itself)")
+    global _uploads
     context = multiprocessing.get_context("fork")  # the parent's imports and tables come for free
-    with context.Pool(workers, initializer=_start, initargs=(spec,)) as pool:
-        for part, (cleared, exceptions) in zip(parts, pool.imap(_run, jobs), strict=True):
-            yield cleared, [replace(e, position=part[e.position]) for e in exceptions]
+    _uploads = uploads
+    try:
+        with context.Pool(workers, initializer=_start, initargs=(keys,)) as pool:
+            for rows in pool.imap(_run, parts):
+                yield _rebuild(rows)
+    finally:
+        _uploads = ()
 
 
 def clear_parallel(
     uploads: Sequence[Mapping[str, Any]], *, spec: VerifierSpec, known: Known, workers: int
 ) -> BatchResult:
-    """:func:`clear_batch` in ``workers`` processes, merged into one :class:`BatchResult` whose
-    postings are rebuilt from the compact rows (equal to a single-process run up to order)."""
+    """:func:`~citycard.clearing.batch.clear_batch` with its checks in ``workers`` processes, merged
+    into one :class:`BatchResult` (equal to a single-process run up to order)."""
     merged = BatchResult()
-    for cleared, exceptions in clear_parallel_parts(uploads, spec=spec, known=known, workers=workers):
-        for tap, refunded in cleared:
+    for checked in checked_parts(uploads, keys=spec, workers=workers):
+        accepted, exceptions = decide(checked, uploads, known=known)
+        for tap, refunded in accepted:
             merged.postings.extend(postings_for(tap, known.cards[tap.card].issuer, refunded=refunded))
         merged.exceptions.extend(exceptions)
     return merged

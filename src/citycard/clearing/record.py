@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from citycard.clearing.errors import MalformedRecord
+from citycard.clearing.transit import Transit, parse_transit
 from citycard.crypto.cryptogram import pboc_ac_data
 from citycard.crypto.iad import IDD_TYPE_EC, parse_iad
 from citycard.emv.tlv import TLVError, flat_primitives
@@ -32,14 +34,14 @@ AMOUNT_FEN_MAX = 999_999_999_999  # n12 (9F02)
 TAP_DATE_SLACK_DAYS = 1  # 9A (terminal local date) vs the device's UTC tap time: a clock edge, no more
 CID_TC = 0x40  # 9F27: a TC (offline approval); clearing takes nothing else
 REQUIRED_TAGS = ("9F26", "9F10", "9F37", "9F36", "95", "9A", "9C", "9F02", "9F03", "5F2A", "82", "9F1A")
+AC_INPUT_TAGS = ("9F02", "9F03", "9F1A", "95", "5F2A", "9A", "9C", "9F37", "82", "9F36")  # then the CVR
+AC_INPUT_LENGTHS = (6, 6, 2, 5, 2, 3, 1, 4, 2, 2, 4)  # bytes, pboc-notes §4.2 (37 in all)
 UPLOAD_FIELDS = (
     "pan", "psn", "amount_fen", "balance_fen_after", "field55",
-    "terminal_id", "operator", "route", "vehicle", "tap_at",
+    "terminal_id", "operator", "route", "vehicle", "tap_at", "transit",
 )  # fmt: skip
-
-
-class MalformedRecord(ValueError):  # noqa: N818 (a record, like ledger.InvalidPosting)
-    """An upload that is not a well-formed TC record; the message names the field."""
+_UPLOAD_FIELD_SET = frozenset(UPLOAD_FIELDS)
+__all__ = ["ClearingRecord", "MalformedRecord", "parse_record", "record_key", "upload_dict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,12 @@ class ClearingRecord:
     vehicle: str
     tap_at: dt.datetime
     field55: bytes
+    transit: Transit | None = None  # the validator's fare decision (clearing.transit), if sent
+
+    @property
+    def exit_refund_fen(self) -> int:
+        """What the validator owes back to the card for this tap (a segmented exit), else 0."""
+        return 0 if self.transit is None else self.transit.refund_fen
 
     @property
     def card(self) -> str:
@@ -85,9 +93,11 @@ def upload_dict(
     route: str,
     vehicle: str,
     tap_at: dt.datetime,
+    transit: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The upload form of a kernel :class:`~citycard.kernel.outcome.BatchRecord` (JSON-ready)."""
-    return {
+    """The upload form of a kernel :class:`~citycard.kernel.outcome.BatchRecord` (JSON-ready), with
+    the validator's ``transit`` object (:mod:`citycard.clearing.transit`) when given."""
+    upload = {
         "pan": batch_record.pan,
         "psn": batch_record.psn,
         "amount_fen": batch_record.amount_fen,
@@ -99,6 +109,9 @@ def upload_dict(
         "vehicle": vehicle,
         "tap_at": tap_at.astimezone(dt.UTC).isoformat(),
     }
+    if transit is not None:
+        upload["transit"] = dict(transit)
+    return upload
 
 
 def _text(upload: Mapping[str, Any], name: str, pattern: re.Pattern[str]) -> str:
@@ -177,9 +190,9 @@ def parse_record(upload: Mapping[str, Any]) -> ClearingRecord:
     field 55 that does not decode or lacks an AC input tag, an IAD without the EC balance IDD, or
     plain fields that disagree with field 55 (amount, balance, tap date).
     """
-    if not isinstance(upload, Mapping):
+    if type(upload) is not dict and not isinstance(upload, Mapping):  # dict first: the ABC check is slow
         raise MalformedRecord(f"record: expected an object, got {type(upload).__name__}")
-    unknown = set(upload) - set(UPLOAD_FIELDS)
+    unknown = upload.keys() - _UPLOAD_FIELD_SET
     if unknown:
         raise MalformedRecord(f"record: unknown fields {', '.join(sorted(map(str, unknown)))}")
     pan = _text(upload, "pan", PAN_RE)
@@ -188,6 +201,7 @@ def parse_record(upload: Mapping[str, Any]) -> ClearingRecord:
     after = _fen(upload, "balance_fen_after")
     meta = {name: _text(upload, name, TEXT_RE) for name in ("terminal_id", "operator", "route", "vehicle")}
     tap_at = _tap_at(upload)
+    transit = None if upload.get("transit") is None else parse_transit(upload["transit"])
     raw, ic = _field55(upload)
     if _bcd(ic["9F02"], "9F02") != amount:
         raise MalformedRecord(f"amount_fen {amount} differs from field 55 9F02 {ic['9F02'].hex()}")
@@ -215,14 +229,14 @@ def parse_record(upload: Mapping[str, Any]) -> ClearingRecord:
         raise MalformedRecord(f"tap_at {tap_at.isoformat()} is not on the card's date 9A {tap_date}")
     if len(ic["9F26"]) != 8:
         raise MalformedRecord(f"field55 9F26: TC must be 8 bytes, got {len(ic['9F26'])}")
-    try:
-        ac_input = pboc_ac_data(
-            tag_9f02=ic["9F02"], tag_9f03=ic["9F03"], tag_9f1a=ic["9F1A"], tag_95=ic["95"],
-            tag_5f2a=ic["5F2A"], tag_9a=ic["9A"], tag_9c=ic["9C"], tag_9f37=ic["9F37"],
-            tag_82=ic["82"], tag_9f36=ic["9F36"], cvr=iad.cvr_field,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise MalformedRecord(f"field55: {exc}") from None
+    parts = (*[ic[tag] for tag in AC_INPUT_TAGS], iad.cvr_field)
+    if tuple(map(len, parts)) != AC_INPUT_LENGTHS:  # the rare bad length: let the spec's builder name it
+        try:
+            pboc_ac_data(**{f"tag_{tag.lower()}": ic[tag] for tag in AC_INPUT_TAGS}, cvr=iad.cvr_field)
+        except ValueError as exc:
+            raise MalformedRecord(f"field55: {exc}") from None
+    # = crypto.cryptogram.pboc_ac_data (pboc-notes §4.2), without its per-part calls
+    ac_input = b"".join(parts)
     return ClearingRecord(
         pan=pan,
         psn=psn,
@@ -235,6 +249,7 @@ def parse_record(upload: Mapping[str, Any]) -> ClearingRecord:
         iad=ic["9F10"],
         tap_at=tap_at,
         field55=raw,
+        transit=transit,
         **meta,
     )
 

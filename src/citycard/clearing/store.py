@@ -28,30 +28,33 @@ from sqlalchemy.engine import Connection, Engine
 
 from citycard.clearing.batch import (
     CardState,
-    Cleared,
     ClearingException,
     Known,
-    clear_batch,
+    decide,
     ec_account,
     operator_account,
     postings_for,
+    transfers_for,
 )
 from citycard.clearing.record import CHINA_TIME, MalformedRecord, parse_record, record_key
-from citycard.clearing.tables import Batch, Card, ExceptionItem, Settlement, Tap
+from citycard.clearing.tables import Batch, Card, Correction, ExceptionItem, Settlement, Tap
 from citycard.clearing.verify import Verifier, VerifierSpec
 from citycard.db import utc_now, write_transaction
 from citycard.ledger import (
     POSTINGS_PER_BATCH_MAX,
     AccountKind,
     Layer,
+    LedgerError,
     Line,
     PostingRequest,
     balances,
+    bulk,
     check_invariants,
     open_account,
     post_many,
 )
 from citycard.ledger.tables import ledger_accounts
+from citycard.ledger.transfers import TRANSFERS_PER_CALL_MAX, post_transfers
 
 RECORDS_PER_BATCH_MAX = 2_000_000  # one upload; ~ four days of a mid-size city's buses
 KEYS_PER_QUERY_MAX = 500
@@ -63,6 +66,7 @@ HANDLEABLE = {  # reason → the handlings an operator may choose (forged/malfor
     "malformed": {"reject"},
     "duplicate": {"reject"},
     "unknown_card": {"reject"},
+    "refund_unbacked": {"accept", "reject"},  # accept: the operator confirms the refund is owed
 }
 FEES_ACCOUNT = "clearing:fees"
 
@@ -116,22 +120,69 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 def load_known(conn: Connection, uploads: Sequence[Mapping[str, Any]], now: dt.datetime) -> Known:
     """The state :func:`clear_batch` needs for these uploads, read in chunks of IN-lists."""
     keys = [record_key(upload) for upload in uploads]
-    cards = sorted({key.rsplit(":", 1)[0] for key in keys})
+    refunding = {
+        f"{upload.get('pan')}:{upload.get('psn')}"
+        for upload in uploads
+        if isinstance(upload, Mapping)
+        and isinstance(upload.get("transit"), Mapping)
+        and upload["transit"].get("refund_fen")
+    }
+    return load_known_for(conn, keys, {key.rsplit(":", 1)[0] for key in keys}, refunding, now)
+
+
+# Built once per backend (ledger.bulk.per_backend: ``= ANY(array)`` on PostgreSQL, ``IN (…)`` elsewhere).
+_SEEN = bulk.per_backend(lambda member: sa.select(Tap.key).where(member(Tap.__table__.c.key, "values")))
+_CARDS = bulk.per_backend(
+    lambda member: sa.select(
+        Card.card, Card.issuer, Card.last_atc, Card.last_balance_fen, Card.lost_at
+    ).where(member(Card.__table__.c.card, "values"))
+)
+_OPENED = bulk.per_backend(
+    lambda member: sa.select(ledger_accounts.c.code).where(member(ledger_accounts.c.code, "values"))
+)
+
+
+def load_known_for(
+    conn: Connection, keys: Sequence[str], cards: set[str], refunding: set[str], now: dt.datetime
+) -> Known:
+    """:class:`Known` for exact tap keys and cards (``refunding``: the cards with an exit refund)."""
     seen: set[str] = set()
     for chunk in _chunks(sorted(set(keys)), KEYS_PER_QUERY_MAX):
-        seen.update(conn.execute(sa.select(Tap.key).where(Tap.key.in_(chunk))).scalars())
+        seen.update(conn.execute(bulk.for_conn(_SEEN, conn), {"values": chunk}).scalars())
     states: dict[str, CardState] = {}
-    for chunk in _chunks(cards, KEYS_PER_QUERY_MAX):
-        for row in conn.execute(sa.select(Card).where(Card.card.in_(chunk))):
+    for chunk in _chunks(sorted(cards), KEYS_PER_QUERY_MAX):
+        for row in conn.execute(bulk.for_conn(_CARDS, conn), {"values": chunk}):
             states[row.card] = CardState(row.issuer, row.last_atc, row.last_balance_fen, row.lost_at)
-    # A card whose EC ledger account was never opened would fail the whole batch in post_many
+    # A card whose EC ledger account was never opened would fail the whole batch in the ledger
     # (UnknownAccount); leaving it out of Known makes its taps "unknown_card" exceptions instead.
     codes = {ec_account(state.issuer, *card.split(":")): card for card, state in states.items()}
     opened: set[str] = set()
     for chunk in _chunks(sorted(codes), KEYS_PER_QUERY_MAX):
-        accounts = ledger_accounts.c
-        opened.update(conn.execute(sa.select(accounts.code).where(accounts.code.in_(chunk))).scalars())
-    return Known({card: states[card] for code, card in codes.items() if code in opened}, seen, now)
+        opened.update(conn.execute(bulk.for_conn(_OPENED, conn), {"values": chunk}).scalars())
+    known_cards = {card: states[card] for code, card in codes.items() if code in opened}
+    return Known(known_cards, seen, now, refundable_fen(conn, sorted(refunding & set(known_cards))))
+
+
+def refundable_fen(conn: Connection, cards: Sequence[str]) -> dict[tuple[str, str], int]:
+    """Per (card ``PAN:PSN``, operator): fen the operator may still refund to the card — its
+    cleared, unrefunded fares less the exit refunds and corrections already paid (the sanity bound
+    of an exit refund or a correction)."""
+    out: dict[tuple[str, str], int] = {}
+    for chunk in _chunks(list(cards), KEYS_PER_QUERY_MAX):
+        fares = sa.case((Tap.refunded.is_(False), Tap.amount_fen), else_=0)
+        for card, operator, fen in conn.execute(
+            sa.select(Tap.card, Tap.operator, sa.func.sum(fares - sa.func.coalesce(Tap.exit_refund_fen, 0)))
+            .where(Tap.card.in_(chunk))
+            .group_by(Tap.card, Tap.operator)
+        ):
+            out[(card, operator)] = int(fen or 0)
+        for card, operator, fen in conn.execute(
+            sa.select(Correction.card, Correction.operator, sa.func.sum(Correction.amount_fen))
+            .where(Correction.card.in_(chunk))
+            .group_by(Correction.card, Correction.operator)
+        ):
+            out[(card, operator)] = out.get((card, operator), 0) - int(fen or 0)
+    return out
 
 
 def _day(moment: dt.datetime) -> str:
@@ -153,31 +204,93 @@ def _tap_row(record: Any, batch_id: str, refunded: bool) -> dict[str, Any]:
         "operator": record.operator, "route": record.route, "vehicle": record.vehicle,
         "terminal_id": record.terminal_id, "tap_at": record.tap_at, "day": _day(record.tap_at),
         "amount_fen": record.amount_fen, "balance_after_fen": record.balance_after_fen, "refunded": refunded,
+        "exit_refund_fen": record.exit_refund_fen or None, "transit": _transit_text(record),
     }  # fmt: skip
+
+
+def _transit_text(record: Any) -> str | None:
+    transit = record.transit
+    return transit if transit is None or isinstance(transit, str) else transit.json()
+
+
+_SQLITE_TAP = (
+    "INSERT INTO clearing_taps (key, card, atc, batch_id, operator, route, vehicle, terminal_id, tap_at, day, "
+    "amount_fen, balance_after_fen, refunded, exit_refund_fen, transit) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SQLITE_CHAIN = "UPDATE clearing_cards SET last_atc = ?, last_balance_fen = ? WHERE card = ?"
+_TAP_COLUMNS = (
+    "key", "card", "atc", "batch_id", "operator", "route", "vehicle", "terminal_id", "tap_at", "day",
+    "amount_fen", "balance_after_fen", "refunded", "exit_refund_fen", "transit",
+)  # fmt: skip
+
+
+def _sqlite_stamp(moment: dt.datetime) -> str:
+    """What SQLAlchemy's SQLite DateTime stores for an aware UTC time (UTCDateTime), without its
+    per-value processing: ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC."""
+    if moment.utcoffset() != _ZERO:
+        moment = moment.astimezone(dt.UTC)
+    return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+_ZERO = dt.timedelta(0)
+_CHINA_OFFSET = dt.timedelta(hours=8)  # Asia/Shanghai has had no DST since 1991
+
+
+def _tap_tuple(tap: Any, batch_id: str, refunded: bool, stamp: Any) -> tuple[Any, ...]:
+    at = tap.tap_at
+    day = (at.astimezone(dt.UTC) + _CHINA_OFFSET).date().isoformat()
+    return (
+        tap.key, tap.card, tap.atc, batch_id, tap.operator, tap.route, tap.vehicle, tap.terminal_id, stamp(at),
+        day, tap.amount_fen, tap.balance_after_fen, refunded, tap.exit_refund_fen or None, _transit_text(tap),
+    )  # fmt: skip
 
 
 def _write_result(
     conn: Connection,
     batch_id: str,
-    cleared: Sequence[tuple[Cleared, bool]],
+    cleared: Sequence[tuple[Any, bool]],
     exceptions: Sequence[ClearingException],
     known: Known,
+    operators: set[str] | None = None,
 ) -> None:
-    postings = [
-        posting
-        for tap, refunded in cleared
-        for posting in postings_for(tap, known.cards[tap.card].issuer, refunded=refunded)
+    """Write one partition's result: ledger transfers (bulk), taps, chains, exceptions.
+    ``operators``: the operator accounts already opened in this transaction (filled here)."""
+    operators = set() if operators is None else operators
+    cards = known.cards
+    transfers = [
+        t for tap, refunded in cleared for t in transfers_for(tap, cards[tap.card].issuer, refunded=refunded)
     ]
-    _write_postings(conn, postings)
-    rows = [_tap_row(tap, batch_id, refunded) for tap, refunded in cleared]
-    if rows:
-        conn.execute(sa.insert(Tap), rows)
+    for name in sorted({tap.operator for tap, _ in cleared} - operators):
+        open_account(conn, operator_account(name), AccountKind.OPERATOR)
+        operators.add(name)
+    for chunk in _chunks(transfers, TRANSFERS_PER_CALL_MAX):
+        post_transfers(conn, chunk, layer=Layer.CLEARED)
     last: dict[str, tuple[int, int]] = {}
     for tap, _ in cleared:  # per card, the highest ATC accepted is the chain's new end
-        if tap.card not in last or tap.atc > last[tap.card][0]:
+        end = last.get(tap.card)
+        if end is None or tap.atc > end[0]:
             last[tap.card] = (tap.atc, tap.balance_after_fen)
-    for card, (atc, balance) in sorted(last.items()):
-        conn.execute(sa.update(Card).where(Card.card == card).values(last_atc=atc, last_balance_fen=balance))
+    chains = [(atc, balance, card) for card, (atc, balance) in sorted(last.items())]
+    if bulk.is_postgresql(conn):
+        rows = [dict(zip(_TAP_COLUMNS, _tap_tuple(t, batch_id, r, _same), strict=True)) for t, r in cleared]
+        for chunk in _chunks(rows, bulk.ROWS_PER_STATEMENT_MAX):
+            bulk.insert_rows(conn, Tap.__table__, chunk)
+        for chunk in _chunks(chains, bulk.ROWS_PER_STATEMENT_MAX):
+            conn.exec_driver_sql(
+                bulk.update_sql(Card.__table__, "card", ("last_atc", "last_balance_fen")),
+                {
+                    "card": [c for _, _, c in chunk],
+                    "last_atc": [a for a, _, _ in chunk],
+                    "last_balance_fen": [b for _, b, _ in chunk],
+                },
+            )
+    else:
+        stamp = _sqlite_stamp
+        if cleared:
+            conn.exec_driver_sql(_SQLITE_TAP, [_tap_tuple(t, batch_id, r, stamp) for t, r in cleared])
+        if chains:
+            conn.exec_driver_sql(_SQLITE_CHAIN, chains)
     now = utc_now()
     items = [
         {
@@ -196,6 +309,10 @@ def _write_result(
         conn.execute(sa.insert(ExceptionItem), items)
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def intake(
     engine: Engine,
     batch_id: str,
@@ -205,11 +322,22 @@ def intake(
     now: dt.datetime | None = None,
     workers: int = 1,
 ) -> IntakeResult:
-    """Clear one uploaded batch exactly once (see the module note)."""
+    """Clear one uploaded batch exactly once (see the module note).
+
+    Per card partition (:mod:`~citycard.clearing.parallel`): the stateless checks (parse, TC and
+    IAD MAC in the HSM) in ``workers`` processes or in this one; then here, in the one write
+    transaction, the partition's state is read (:func:`load_known_for`), the stateful checks run
+    (:func:`~citycard.clearing.batch.decide`) and the result is written in bulk."""
+    from citycard.clearing.parallel import checked_parts
+
     if not isinstance(batch_id, str) or not 1 <= len(batch_id) <= 64 or not batch_id.isprintable():
         raise ClearingError(f"batch id {batch_id!r} must be 1…64 printable characters")
     if len(uploads) > RECORDS_PER_BATCH_MAX:
         raise ClearingError(f"{len(uploads)} records in one batch; limit {RECORDS_PER_BATCH_MAX}")
+    if not isinstance(workers, int) or not 1 <= workers <= 64:
+        raise ClearingError(f"workers must be 1…64, got {workers!r}")
+    if workers > 1 and not isinstance(keys, VerifierSpec):
+        raise ClearingError("--workers needs a VerifierSpec (each worker opens the HSM itself)")
     now = now or utc_now()
     digest = digest_of(uploads)
     with write_transaction(engine) as conn:
@@ -218,21 +346,24 @@ def intake(
             if stored.digest != digest:
                 raise ClearingError(f"batch {batch_id!r} was uploaded before with other records")
             return IntakeResult(batch_id, stored.records, stored.accepted, stored.exceptions, True)
-        known = load_known(conn, uploads, now)
-        if workers > 1:
-            from citycard.clearing.parallel import clear_parallel_parts
-
-            if not isinstance(keys, VerifierSpec):
-                raise ClearingError("--workers needs a VerifierSpec (each worker opens the HSM itself)")
-            parts = clear_parallel_parts(uploads, spec=keys, known=known, workers=workers)
-        else:
-            verifier = keys.build() if isinstance(keys, VerifierSpec) else keys
-            result = clear_batch(uploads, keys=verifier, known=known)
-            parts = iter([([(Cleared.of(a.record), a.refunded) for a in result.accepted], result.exceptions)])
-        accepted = exceptions = 0
-        for cleared, rejected in parts:  # partitions are by card: each one's chains are complete
-            _write_result(conn, batch_id, cleared, rejected, known)
-            accepted, exceptions = accepted + len(cleared), exceptions + len(rejected)
+        accepted = 0
+        held: list[ClearingException] = []
+        operators: set[str] = set()
+        for checked in checked_parts(uploads, keys=keys, workers=workers):
+            taps = [c.tap for c in checked if c.tap is not None]
+            known = load_known_for(
+                conn,
+                [t.key for t in taps],
+                {t.card for t in taps},
+                {t.card for t in taps if t.exit_refund_fen},
+                now,
+            )
+            cleared, rejected = decide(checked, uploads, known=known)
+            _write_result(conn, batch_id, cleared, (), known, operators)
+            accepted, held = accepted + len(cleared), held + rejected
+        exceptions = len(held)
+        held.sort(key=lambda item: item.position)  # the queue in upload order
+        _write_result(conn, batch_id, (), held, Known({}, (), now), operators)
         conn.execute(
             sa.insert(Batch).values(
                 batch_id=batch_id, digest=digest, received_at=now, records=len(uploads),
@@ -275,7 +406,10 @@ def handle_exception(
                 raise ClearingError(f"tap {record.key} is already cleared")
             card = conn.execute(sa.select(Card).where(Card.card == record.card)).one()
             refunded = action == "refund"
-            _write_postings(conn, postings_for(record, card.issuer, refunded=refunded))
+            try:
+                _write_postings(conn, postings_for(record, card.issuer, refunded=refunded))
+            except LedgerError as exc:
+                raise ClearingError(f"exception {exception_id}: the ledger refuses: {exc}") from None
             # The chain is not moved: an accepted exception is outside the card's ATC order.
             conn.execute(sa.insert(Tap).values(**_tap_row(record, item.batch_id, refunded)))
         conn.execute(
@@ -318,28 +452,59 @@ class SettlementLine:
     net_fen: int
 
 
+def _unsettled_taps(operator: str | None, day: str) -> Any:
+    """Taps a settlement of ``day`` takes: unsettled, of ``day`` or before, and moving money for the
+    operator (a fare not refunded after a loss report, or an exit refund)."""
+    where = [
+        Tap.settlement_key.is_(None),
+        Tap.day <= day,
+        sa.or_(Tap.refunded.is_(False), sa.func.coalesce(Tap.exit_refund_fen, 0) > 0),
+    ]
+    return where if operator is None else [*where, Tap.operator == operator]
+
+
 def settle(
     engine: Engine, day: str, *, rates: tuple[int, dict[str, int]] | None = None
 ) -> list[SettlementLine]:
-    """Settle every operator's unsettled, unrefunded taps of ``day`` or before (Asia/Shanghai days).
+    """Settle every operator's unsettled taps and corrections of ``day`` or before (Asia/Shanghai days).
 
-    Once per operator and day: a second call finds the row and returns it again. The posting
-    ``settle:OPERATOR:DAY`` moves the gross from the operator's cleared account to its payable
-    account (net) and the fees account (fee), in the settled layer.
+    Gross = fares (taps not refunded after a loss report) − transit exit refunds − correction
+    refunds. Once per operator and day: a second call finds the row and returns it again. The
+    posting ``settle:OPERATOR:DAY`` moves the gross from the operator's cleared account to its
+    payable account (net) and the fees account (fee), in the settled layer. An operator whose
+    refunds exceed its fares in the window (gross < 0) is not settled that day: its items wait.
     """
     dt.date.fromisoformat(day)
     default, per = rates or fee_rates()
     lines: list[SettlementLine] = []
     with write_transaction(engine) as conn:
         open_account(conn, FEES_ACCOUNT, AccountKind.FEES)
-        pending = conn.execute(
-            sa.select(Tap.operator, sa.func.count(), sa.func.coalesce(sa.func.sum(Tap.amount_fen), 0))
-            .where(Tap.settlement_key.is_(None), Tap.refunded.is_(False), Tap.day <= day)
-            .group_by(Tap.operator)
-            .order_by(Tap.operator)
-        ).all()
-        operators = {row[0] for row in pending} | set(
-            conn.execute(sa.select(Settlement.operator).where(Settlement.day == day)).scalars()
+        fares = sa.case((Tap.refunded.is_(False), Tap.amount_fen), else_=0)
+        taps = sa.case((Tap.refunded.is_(False), 1), else_=0)
+        pending = {
+            row[0]: (int(row[1] or 0), int(row[2] or 0), int(row[3] or 0))
+            for row in conn.execute(
+                sa.select(
+                    Tap.operator,
+                    sa.func.sum(taps),
+                    sa.func.sum(fares),
+                    sa.func.sum(sa.func.coalesce(Tap.exit_refund_fen, 0)),
+                )
+                .where(*_unsettled_taps(None, day))
+                .group_by(Tap.operator)
+            )
+        }
+        corrections = dict(
+            conn.execute(
+                sa.select(Correction.operator, sa.func.sum(Correction.amount_fen))
+                .where(Correction.settlement_key.is_(None), Correction.day <= day)
+                .group_by(Correction.operator)
+            ).all()
+        )
+        operators = (
+            set(pending)
+            | set(corrections)
+            | set(conn.execute(sa.select(Settlement.operator).where(Settlement.day == day)).scalars())
         )
         for operator in sorted(operators):
             done = conn.execute(
@@ -352,7 +517,10 @@ def settle(
                     )
                 )
                 continue
-            taps, gross = next((int(r[1]), int(r[2])) for r in pending if r[0] == operator)
+            count, fares_fen, exit_refunds_fen = pending.get(operator, (0, 0, 0))
+            gross = fares_fen - exit_refunds_fen - int(corrections.get(operator) or 0)
+            if gross < 0:
+                continue  # refunds beyond this window's fares: wait for the fares of a later day
             rate = per.get(operator, default)
             fee = fee_fen(gross, rate)
             key = f"settle:{operator}:{day}"
@@ -368,23 +536,23 @@ def settle(
                 post_many(
                     conn, [PostingRequest(key, tuple(request_lines), Layer.SETTLED, f"settlement {day}")]
                 )
+            conn.execute(sa.update(Tap).where(*_unsettled_taps(operator, day)).values(settlement_key=key))
             conn.execute(
-                sa.update(Tap)
+                sa.update(Correction)
                 .where(
-                    Tap.operator == operator,
-                    Tap.settlement_key.is_(None),
-                    Tap.refunded.is_(False),
-                    Tap.day <= day,
+                    Correction.operator == operator,
+                    Correction.settlement_key.is_(None),
+                    Correction.day <= day,
                 )
                 .values(settlement_key=key)
             )
             conn.execute(
                 sa.insert(Settlement).values(
-                    operator=operator, day=day, taps=taps, gross_fen=gross, fee_rate_bp=rate, fee_fen=fee,
+                    operator=operator, day=day, taps=count, gross_fen=gross, fee_rate_bp=rate, fee_fen=fee,
                     net_fen=gross - fee, posting_key=key if gross else None, created_at=utc_now(),
                 )
             )  # fmt: skip
-            lines.append(SettlementLine(operator, day, taps, gross, rate, fee, gross - fee))
+            lines.append(SettlementLine(operator, day, count, gross, rate, fee, gross - fee))
     return lines
 
 
@@ -406,17 +574,25 @@ def reconcile(engine: Engine) -> dict[str, Any]:
     ledger invariants, and per card the chip's last EC balance vs the ledger's EC account.
 
     The EC comparison holds as of each card's last cleared tap: the ledger's EC balance minus the
-    refunds credited after a loss report must equal the balance the chip reported (MACed in the
-    IAD). A top-up after the last cleared tap shows as a difference until the next tap clears.
+    credits the chip has not seen (refunds after a loss report, transit exit refunds, corrections)
+    must equal the balance the chip reported (MACed in the IAD). Expected per operator is its
+    cleared fares less exit refunds and corrections. A top-up after the last cleared tap shows as a
+    difference until the next tap clears.
     """
     with engine.connect() as conn:
-        expected = dict(
-            conn.execute(
-                sa.select(Tap.operator, sa.func.sum(Tap.amount_fen))
-                .where(Tap.refunded.is_(False))
-                .group_by(Tap.operator)
-            ).all()
-        )
+        fares = sa.case((Tap.refunded.is_(False), Tap.amount_fen), else_=0)
+        expected = {
+            op: int(fen or 0)
+            for op, fen in conn.execute(
+                sa.select(
+                    Tap.operator, sa.func.sum(fares - sa.func.coalesce(Tap.exit_refund_fen, 0))
+                ).group_by(Tap.operator)
+            )
+        }
+        for op, fen in conn.execute(
+            sa.select(Correction.operator, sa.func.sum(Correction.amount_fen)).group_by(Correction.operator)
+        ):
+            expected[op] = expected.get(op, 0) - int(fen or 0)
         fees = dict(
             conn.execute(
                 sa.select(Settlement.operator, sa.func.sum(Settlement.fee_fen)).group_by(Settlement.operator)
@@ -435,13 +611,18 @@ def reconcile(engine: Engine) -> dict[str, Any]:
                 "equal": int(fen) == collected,
             }
         problems = check_invariants(conn)
-        refunds = dict(
-            conn.execute(
-                sa.select(Tap.card, sa.func.sum(Tap.amount_fen))
-                .where(Tap.refunded.is_(True))
-                .group_by(Tap.card)
-            ).all()
+        # Credits the chip has not seen: refunds after a loss report, exit refunds, corrections.
+        credited = sa.case((Tap.refunded.is_(True), Tap.amount_fen), else_=0) + sa.func.coalesce(
+            Tap.exit_refund_fen, 0
         )
+        refunds: dict[str, int] = {
+            card: int(fen or 0)
+            for card, fen in conn.execute(sa.select(Tap.card, sa.func.sum(credited)).group_by(Tap.card))
+        }
+        for card, fen in conn.execute(
+            sa.select(Correction.card, sa.func.sum(Correction.amount_fen)).group_by(Correction.card)
+        ):
+            refunds[card] = refunds.get(card, 0) + int(fen or 0)
         cards = conn.execute(sa.select(Card).where(Card.last_atc.is_not(None))).all()
         codes = {row.card: ec_account(row.issuer, *row.card.split(":")) for row in cards}
         ledger_ec = _existing_balances(conn, list(codes.values()))
@@ -471,3 +652,147 @@ def _existing_balances(conn: Connection, codes: Sequence[str]) -> dict[str, int]
         except (UnknownAccount, KeyError):
             continue
     return found
+
+
+# --- transit: what the daily corrections read and post (helper B's sectors.transit.daily) ----------
+
+CORRECTION_PREFIX = "correction:"
+CORRECTION_KEY_CHARS_MAX = 128
+
+
+@dataclass(frozen=True)
+class TransitTap:
+    """A cleared tap with its transit object, as :func:`transit_taps` returns it."""
+
+    key: str  # PAN:PSN:ATC (hex)
+    pan: str
+    psn: str
+    atc: int
+    tap_at: dt.datetime  # aware UTC
+    day: str  # Asia/Shanghai
+    amount_fen: int
+    exit_refund_fen: int
+    refunded: bool  # refunded after a loss report
+    operator: str
+    route: str
+    vehicle: str
+    terminal_id: str
+    transit: dict[str, Any]
+
+
+def transit_taps(
+    conn: Connection, *, day: str, pan: str | None = None, psn: str | None = None
+) -> list[TransitTap]:
+    """The cleared taps carrying a transit object on ``day`` (Asia/Shanghai, ``YYYY-MM-DD``), of one
+    card when ``pan`` and ``psn`` are given, ordered by card then ATC."""
+    try:
+        dt.date.fromisoformat(day)
+    except (TypeError, ValueError):
+        raise ClearingError(f"day {day!r} must be YYYY-MM-DD") from None
+    if (pan is None) != (psn is None):
+        raise ClearingError("give both pan and psn, or neither")
+    query = sa.select(Tap).where(Tap.day == day, Tap.transit.is_not(None))
+    if pan is not None:
+        query = query.where(Tap.card == f"{pan}:{psn}")
+    out = []
+    for row in conn.execute(query.order_by(Tap.card, Tap.atc)):
+        card_pan, card_psn = row.card.split(":")
+        out.append(
+            TransitTap(
+                row.key, card_pan, card_psn, row.atc, row.tap_at, row.day, int(row.amount_fen),
+                int(row.exit_refund_fen or 0), bool(row.refunded), row.operator, row.route, row.vehicle,
+                row.terminal_id, json.loads(row.transit),
+            )
+        )  # fmt: skip
+    return out
+
+
+def post_correction(
+    conn: Connection,
+    *,
+    key: str,
+    pan: str,
+    psn: str,
+    operator: str,
+    amount_fen: int,
+    reason: str,
+    day: str | None = None,
+    now: dt.datetime | None = None,
+) -> bool:
+    """Refund ``amount_fen`` from ``operator`` to the card's EC account once under ``key`` (e.g.
+    ``correction:PAN:PSN:DAY:KIND``, which is also the ledger posting key), in the caller's
+    transaction. ``day`` (default: the key's third field if it is a date, else today in
+    Asia/Shanghai) is the operator day the settlement takes it with.
+
+    Returns True when posted, False when the same key was posted before with the same card,
+    operator and amount (nothing changes). Raises :class:`ClearingError` (nothing written) for a bad
+    argument, an unknown card, the same key with other values, or an amount beyond what the operator
+    still holds of this card's fares (cleared, unrefunded fares less refunds and corrections paid).
+    """
+    if not isinstance(key, str) or not key.startswith(CORRECTION_PREFIX) or not key.isprintable():
+        raise ClearingError(f"correction key {str(key)[:40]!r} must start with {CORRECTION_PREFIX!r}")
+    if len(key) > CORRECTION_KEY_CHARS_MAX:
+        raise ClearingError(f"correction key is {len(key)} characters; limit {CORRECTION_KEY_CHARS_MAX}")
+    from citycard.clearing.record import PAN_RE, PSN_RE, TEXT_RE
+
+    if (
+        not isinstance(pan, str)
+        or not PAN_RE.fullmatch(pan)
+        or not isinstance(psn, str)
+        or not PSN_RE.fullmatch(psn)
+    ):
+        raise ClearingError(f"card {pan!r}:{psn!r} is not a PAN (12–19 digits) and PSN (2 digits)")
+    if not isinstance(operator, str) or not TEXT_RE.fullmatch(operator):
+        raise ClearingError(f"operator {operator!r} does not match {TEXT_RE.pattern}")
+    if not isinstance(amount_fen, int) or isinstance(amount_fen, bool) or not 1 <= amount_fen <= 100_000:
+        raise ClearingError(f"amount_fen {amount_fen!r} must be 1…100000 fen")
+    if not isinstance(reason, str) or not 1 <= len(reason) <= 200 or not reason.isprintable():
+        raise ClearingError("reason must be 1…200 printable characters")
+    if day is None:
+        parts = key.split(":")
+        try:
+            day = dt.date.fromisoformat(parts[3]).isoformat() if len(parts) > 3 else None
+        except ValueError:
+            day = None
+        day = day or _day(now or utc_now())
+    else:
+        try:
+            day = dt.date.fromisoformat(day).isoformat()
+        except (TypeError, ValueError):
+            raise ClearingError(f"day {day!r} must be YYYY-MM-DD") from None
+    card = f"{pan}:{psn}"
+    stored = conn.execute(sa.select(Correction).where(Correction.key == key)).first()
+    if stored is not None:
+        if (stored.card, stored.operator, int(stored.amount_fen)) != (card, operator, amount_fen):
+            raise ClearingError(f"correction {key!r} was posted before with other values")
+        return False
+    state = conn.execute(sa.select(Card).where(Card.card == card)).first()
+    if state is None:
+        raise ClearingError(f"card {card} is not known to clearing")
+    bound = refundable_fen(conn, [card]).get((card, operator), 0)
+    if amount_fen > bound:
+        raise ClearingError(
+            f"correction {amount_fen} fen > {bound} fen the operator {operator} collected from card {card}"
+        )
+    request = PostingRequest(
+        key,
+        (
+            Line(operator_account(operator), debit_fen=amount_fen),
+            Line(ec_account(state.issuer, pan, psn), credit_fen=amount_fen),
+        ),
+        Layer.CLEARED,
+        f"correction: {reason}"[:200].strip(),
+    )
+    try:
+        (posted,) = post_many(conn, [request])
+    except LedgerError as exc:
+        raise ClearingError(f"correction {key!r}: the ledger refuses: {exc}") from None
+    if not posted.created:  # a concurrent run posted the same key first (and writes its row)
+        return False
+    conn.execute(
+        sa.insert(Correction).values(
+            key=key, card=card, operator=operator, day=day, amount_fen=amount_fen, reason=reason,
+            created_at=now or utc_now(),
+        )
+    )  # fmt: skip
+    return True

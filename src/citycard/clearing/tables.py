@@ -8,8 +8,10 @@
 * ``clearing_cards`` — per card its issuer, last cleared ATC and EC balance (the chain), loss minute.
 * ``clearing_exceptions`` — records not accepted, with reason, and the operator's audited handling.
 * ``clearing_settlements`` — one row per operator and settlement day: taps, gross, fee, net.
+* ``clearing_corrections`` — correction refunds (missing exit, daily cap) by key, settled like taps.
 
-Migration: ``citycard/db/migrations/versions/0008_clearing.py`` (kept identical; autogenerate test).
+Migrations: ``0008_clearing.py`` and ``0009_clearing_transit.py`` under ``citycard/db/migrations/versions``
+(kept identical; autogenerate test).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ class Tap(Base):
     balance_after_fen = sa.Column(sa.BigInteger(), nullable=False)
     refunded = sa.Column(sa.Boolean(), nullable=False)
     settlement_key = sa.Column(sa.String(POSTING_KEY_CHARS_MAX), nullable=True, index=True)
+    # 0009_clearing_transit: the validator's transit object (canonical JSON, clearing.transit) and
+    # the exit refund posted for it (``exitrefund:PAN:PSN:ATC``); NULL for taps without them.
+    transit = sa.Column(sa.Text(), nullable=True)
+    exit_refund_fen = sa.Column(sa.BigInteger(), nullable=True)
 
     __table_args__ = (sa.CheckConstraint("amount_fen >= 0", name="amount"),)
 
@@ -92,6 +98,23 @@ class ExceptionItem(Base):
         sa.UniqueConstraint("batch_id", "position"),
         sa.CheckConstraint(f"status IN {STATUSES_SQL}", name="status"),
     )
+
+
+class Correction(Base):
+    """A correction refund (operator → card EC account) posted once under its key (0009)."""
+
+    __tablename__ = "clearing_corrections"
+
+    key = sa.Column(sa.String(POSTING_KEY_CHARS_MAX), primary_key=True)  # the ledger posting key too
+    card = sa.Column(sa.String(CARD_CHARS_MAX), nullable=False, index=True)
+    operator = sa.Column(sa.String(TEXT_CHARS_MAX), nullable=False)
+    day = sa.Column(sa.String(10), nullable=False)  # the operator's day it corrects (Asia/Shanghai)
+    amount_fen = sa.Column(sa.BigInteger(), nullable=False)
+    reason = sa.Column(sa.String(NOTE_CHARS_MAX), nullable=False)
+    created_at = sa.Column(UTCDateTime(), nullable=False)
+    settlement_key = sa.Column(sa.String(POSTING_KEY_CHARS_MAX), nullable=True, index=True)
+
+    __table_args__ = (sa.CheckConstraint("amount_fen > 0", name="amount"),)
 
 
 class Settlement(Base):

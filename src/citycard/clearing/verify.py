@@ -12,6 +12,7 @@ of its own); :class:`VerifierSpec` is its picklable recipe, rebuilt once per wor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,6 +62,14 @@ class HsmVerifier:
         ):
             return f"IAD EC balance MAC does not verify ({suite})"
         return None
+
+    def forged_many(self, records: Sequence[ClearingRecord]) -> list[str | None]:
+        """:meth:`forged` for many records in one HSM call (:meth:`citycard.hsm.SoftHSM.verify_taps`:
+        each card key derived once, a card's session keys in one ECB call). Same answers."""
+        from citycard.hsm.tc_batch import TapToVerify
+
+        taps = [TapToVerify(r.pan, r.psn, r.tag_9f36, r.ac_input, r.tc, r.iad) for r in records]
+        return self.hsm.verify_taps(taps, self.labels)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

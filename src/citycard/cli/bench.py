@@ -187,4 +187,12 @@ def crypto_command(
     print(json.dumps(result))
 
 
-from citycard.cli import bench_api, bench_auth, bench_card, bench_clearing, bench_tap  # noqa: E402, F401
+from citycard.cli import (  # noqa: E402, F401
+    bench_api,
+    bench_auth,
+    bench_blacklist,
+    bench_card,
+    bench_clearing,
+    bench_health,
+    bench_tap,
+)

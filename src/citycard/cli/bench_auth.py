@@ -200,8 +200,70 @@ async def timed_run(
     }
 
 
+# --- CPU per authorisation (Linux /proc; the load-independent figure on a shared machine) --------
+CPU_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``--worker process`` runs the issuer in a child), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU seconds of ``pids`` (utime and stime of /proc/PID/stat); None off Linux."""
+    total, seen = 0, False
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5), after "pid (comm)"
+        seen = True
+    return total / CPU_TICKS_PER_S if seen else None
+
+
+def database_pids(url: str) -> list[int]:
+    """The PostgreSQL backends serving the benchmark's database when the server runs on this machine
+    (their /proc entries exist); [] for SQLite (its work is inside the host process)."""
+    from sqlalchemy.engine import make_url
+
+    if make_url(url).get_backend_name() != "postgresql":
+        return []
+    import psycopg
+
+    from citycard.cli.bench_db import _libpq
+
+    with psycopg.connect(_libpq(url), autocommit=True, connect_timeout=5) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [pid for (pid,) in rows if Path(f"/proc/{pid}/stat").exists()]
+
+
+def cpu_per_auth_us(before: float | None, after: float | None, answered: int) -> float | None:
+    if before is None or after is None or not answered:
+        return None
+    return round(1e6 * (after - before) / answered, 1)
+
+
 async def drive(
-    setup: Setup, port: int, *, seconds: float, depth: int, runs: int, console: Console
+    setup: Setup,
+    port: int,
+    *,
+    seconds: float,
+    depth: int,
+    runs: int,
+    console: Console,
+    server_pid: int | None = None,
 ) -> list[dict]:
     from citycard.host.client import AsyncHostClient
 
@@ -217,9 +279,19 @@ async def drive(
         for run in range(runs):
             console.log(f"run {run + 1}/{runs}: precomputing {per_terminal * len(clients):,} requests")
             messages = [precompute(setup, client, i, per_terminal) for i, client in enumerate(clients)]
+            server_pids = process_tree(server_pid) if server_pid is not None else []
+            db_pids = database_pids(setup.url)
+            cpu_before = cpu_seconds(server_pids), cpu_seconds(db_pids)
             result = await timed_run(clients, messages, seconds=seconds, depth=depth)
+            cpu_after = cpu_seconds(server_pids), cpu_seconds(db_pids)
+            result["server_cpu_us_per_auth"] = cpu_per_auth_us(
+                cpu_before[0], cpu_after[0], result["answered"]
+            )
+            result["db_cpu_us_per_auth"] = cpu_per_auth_us(cpu_before[1], cpu_after[1], result["answered"])
+            result["load_average"] = [round(x, 2) for x in os.getloadavg()]
             console.log(f"run {run + 1}: {result['auth_per_s']:,.0f}/s p50 {result['p50_ms']} ms "
-                        f"p99 {result['p99_ms']} ms errors {result['errors']}")  # fmt: skip
+                        f"p99 {result['p99_ms']} ms errors {result['errors']} "
+                        f"server CPU {result['server_cpu_us_per_auth']} µs/auth")  # fmt: skip
             results.append(result)
     finally:
         for client in clients:
@@ -280,8 +352,9 @@ def run_bench(
             setup.worker = worker
             proc, port = start_server(setup)
             results = asyncio.run(
-                drive(setup, port, seconds=seconds, depth=depth, runs=runs, console=console)
-            )
+                drive(setup, port, seconds=seconds, depth=depth, runs=runs, console=console,
+                      server_pid=proc.pid)
+            )  # fmt: skip
             proc.send_signal(signal.SIGTERM)
             server_exit = proc.wait(timeout=60)
             problems = ledger_check(url)
@@ -300,6 +373,8 @@ def run_bench(
         "auth_per_s": median("auth_per_s"),
         "p50_ms": median("p50_ms"),
         "p99_ms": median("p99_ms"),
+        "server_cpu_us_per_auth": median("server_cpu_us_per_auth"),
+        "db_cpu_us_per_auth": median("db_cpu_us_per_auth"),
         "errors": sum(r["errors"] for r in results),
         "db": db.value,
         "seconds": seconds,
@@ -336,7 +411,10 @@ def auth_command(
 ) -> None:
     """Authorisations/s over TCP through `citycard host serve` (ARQC verified, ledger posted, committed).
 
-    Prints {"auth_per_s", "p50_ms", "p99_ms", "errors", "runs": [...], ...}: medians over --runs.
+    Prints {"auth_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_auth", "db_cpu_us_per_auth",
+    "errors", "runs": [...], ...}: medians over --runs. The CPU figures (host serve process, and the
+    benchmark database's PostgreSQL backends, per answered request) steady the comparison of runs
+    on a shared machine; each run also records the load average.
     """
     if not 0 < seconds <= 600:
         fail(f"--seconds must be in (0, 600], got {seconds}")

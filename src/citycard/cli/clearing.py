@@ -14,13 +14,12 @@ from typing import Annotated, Any
 
 import typer
 
-from citycard.cli.common import fail, print_json
+from citycard.cli.common import fail, parse_suite_labels, print_json
 
 app = typer.Typer(help="Clearing of offline EC taps: intake, exceptions, settlement.", no_args_is_help=True)
 
 DbOption = Annotated[str | None, typer.Option("--db", help="Database URL; default CITYCARD_DATABASE_URL.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-DEFAULT_LABELS = {"INTL": ("imk-ac-intl", "imk-mac-intl"), "GM": ("imk-ac-gm", "imk-mac-gm")}
 EXCEPTIONS_SHOWN_MAX = 1_000
 
 
@@ -36,13 +35,7 @@ def _spec(hsm: Path | None, master_key: Path | None, labels: list[str]) -> Any:
     from citycard.clearing.verify import SuiteLabels, VerifierSpec
     from citycard.hsm.keystore import default_store_path
 
-    chosen = dict(DEFAULT_LABELS)
-    for item in labels:
-        suite, _, pair = item.partition("=")
-        ac, _, mac = pair.partition(",")
-        if suite.upper() not in DEFAULT_LABELS or not ac or not mac:
-            fail(f"--labels {item!r}: expected INTL=AC_LABEL,MAC_LABEL or GM=…")
-        chosen[suite.upper()] = (ac, mac)
+    chosen = parse_suite_labels(labels)
     return VerifierSpec(
         hsm or default_store_path(), master_key, {s: SuiteLabels(*pair) for s, pair in chosen.items()}
     )

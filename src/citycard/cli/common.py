@@ -61,3 +61,18 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
 
     return wrapper
+
+
+IMK_LABELS_DEFAULT = {"INTL": ("imk-ac-intl", "imk-mac-intl"), "GM": ("imk-ac-gm", "imk-mac-gm")}
+
+
+def parse_suite_labels(items: list[str], option: str = "--labels") -> dict[str, tuple[str, str]]:
+    """``SUITE=IMK_AC,IMK_MAC`` items over the default IMK labels; one error line and exit 2 on a bad one."""
+    chosen = dict(IMK_LABELS_DEFAULT)
+    for item in items:
+        suite, _, pair = item.partition("=")
+        ac, _, mac = pair.partition(",")
+        if suite.upper() not in IMK_LABELS_DEFAULT or not ac or not mac:
+            fail(f"{option} {item!r}: expected INTL=AC_LABEL,MAC_LABEL or GM=…")
+        chosen[suite.upper()] = (ac, mac)
+    return chosen

@@ -8,11 +8,15 @@ import typer
 
 from citycard.cli import bench, card, crypto, hsm, oda, selftest, terminal, terminal_params, tlv
 from citycard.cli import clearing as clearing_cli
+from citycard.cli import demo as demo_cli
+from citycard.cli import health as health_cli
 from citycard.cli import host as host_cli
 from citycard.cli import ledger as ledger_cli
 from citycard.cli import platform_exchange as platform_exchange_cli
+from citycard.cli import reports as transit_cli
 from citycard.cli import serve as serve_cli
 from citycard.cli import switch as switch_cli
+from citycard.cli import validator as validator_cli
 from citycard.cli.common import EXIT_BAD_INPUT
 
 # Typer ≥ 0.29 vendors Click privately; reach its UsageError through a public subclass so this
@@ -38,9 +42,13 @@ app.add_typer(ledger_cli.app, name="ledger")
 app.add_typer(host_cli.app, name="host")
 app.add_typer(switch_cli.app, name="switch")
 app.add_typer(clearing_cli.app, name="clearing")
+app.add_typer(validator_cli.app, name="validator")
 app.add_typer(platform_exchange_cli.blacklist_app, name="blacklist")
 app.add_typer(platform_exchange_cli.exchange_app, name="exchange")
 app.command(name="selftest")(selftest.selftest)
+app.add_typer(transit_cli.app, name="transit")
+app.add_typer(health_cli.app, name="health")
+app.command(name="demo")(demo_cli.demo)
 serve_cli.register(app)  # `citycard serve`, `citycard api-key ...`
 
 

@@ -120,6 +120,33 @@ def publish_command(
         )
 
 
+@blacklist_app.command("drain")
+def drain_command(db: DbOption = None, json_output: JsonOption = False) -> None:
+    """Publish what loss reports, unblocks and flags changed since the last drain (incremental
+    versions; `citycard serve` does this by itself every half second).
+
+    Example: citycard blacklist drain --json
+    """
+    from citycard.platform import blacklist_outbox
+
+    drained, cursor, versions = 0, 0, {}
+    for _ in range(1_000):  # rounds of at most DRAIN_EVENTS_MAX events, each its own transaction
+        with _transaction(db, write=True) as conn:
+            result = blacklist_outbox.drain(conn)
+        drained, cursor = drained + result.events, result.cursor
+        versions = result.versions or versions
+        if result.events < blacklist_outbox.DRAIN_EVENTS_MAX:
+            break
+    answer = {"events": drained, "cursor": cursor, "versions": versions}
+    if json_output:
+        print_json(answer)
+    elif drained == 0:
+        print(f"nothing to publish (publisher cursor {cursor})")
+    else:
+        shown = ", ".join(f"{name} v{version}" for name, version in versions.items())
+        print(f"{drained} change events published: {shown}")
+
+
 @blacklist_app.command("show")
 def show_command(
     terminal_class: ClassOption, db: DbOption = None,
@@ -269,11 +296,23 @@ def subscribers_command(db: DbOption = None, json_output: JsonOption = False) ->
 
 
 @exchange_app.command("relay")
-def relay_command(db: DbOption = None) -> None:
-    """Relay the event log to NATS JetStream (CITYCARD_NATS_URL) until Ctrl-C.
+def relay_command(
+    db: DbOption = None,
+    sector: Annotated[
+        str | None,
+        typer.Option("--sector", help="A sector's own relay: its stream CITYCARD_EVENTS_<SECTOR>, "
+                     "subjects citycard.sector.<sector>.<kind>, full events of consenting cardholders."),
+    ] = None,
+) -> None:  # fmt: skip
+    """Relay the event log to NATS JetStream (CITYCARD_NATS_URL) until Ctrl-C. The shared stream
+    carries events about cardholders redacted; a --sector relay carries them for that sector's
+    consenting cardholders.
 
-    Example: CITYCARD_NATS_URL=nats://127.0.0.1:4222 citycard exchange relay
+    Example: CITYCARD_NATS_URL=nats://127.0.0.1:4222 citycard exchange relay [--sector health]
     """
+    import dataclasses
+    import re
+
     import nats
 
     from citycard.platform import nats_relay
@@ -281,6 +320,13 @@ def relay_command(db: DbOption = None) -> None:
     config = nats_relay.config_from_env()
     if config is None:
         fail(f"{nats_relay.NATS_URL_ENV} is not set: nothing to relay to")
+    if sector is not None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", sector):
+            fail("--sector must be 1 to 32 characters of a-z 0-9 _ starting with a letter")
+        config = dataclasses.replace(
+            config, sector=sector, stream=f"CITYCARD_EVENTS_{sector.upper()}",
+            subject_prefix=f"citycard.sector.{sector}", subscriber=f"nats-relay-{sector.replace('_', '-')}",
+        )  # fmt: skip
     engine = _engine(db)
 
     async def main() -> nats_relay.RelayStats:

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from citycard.cli.common import fail
+from citycard.cli.common import fail, parse_suite_labels
 
 HOST_DEFAULT = "127.0.0.1"
 PORT_DEFAULT = 8000
@@ -70,8 +70,9 @@ def open_platform(data_dir: Path) -> tuple[Any, Any]:
     return engine, hsm
 
 
-def build_app(data_dir: Path) -> Any:
-    """The API app on the data dir (console mounted when present), the admin bootstrapped."""
+def build_app(data_dir: Path, **settings: Any) -> Any:
+    """The API app on the data dir (console mounted when present), the admin bootstrapped;
+    ``settings`` are further :class:`~citycard.api.ApiSettings` fields."""
     from citycard.api import ApiSettings, create_app
     from citycard.api.auth import ADMIN_PASSWORD_ENV, ADMIN_USERNAME, bootstrap_admin
     from citycard.db import write_transaction
@@ -82,7 +83,7 @@ def build_app(data_dir: Path) -> Any:
     if made_up is not None:
         # Shown once, never stored in clear (the database keeps its scrypt hash).
         print(f"created operator {ADMIN_USERNAME!r} with one-time password: {made_up}", flush=True)
-    app = create_app(engine=engine, hsm=hsm, settings=ApiSettings(image_dir=data_dir / "cards"))
+    app = create_app(engine=engine, hsm=hsm, settings=ApiSettings(image_dir=data_dir / "cards", **settings))
     app.state.console = mount_console(app)
     return app
 
@@ -123,8 +124,22 @@ def serve(
     data_dir: DataDirOption = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    clearing_labels: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--clearing-labels",
+            help="SUITE=IMK_AC,IMK_MAC: the issuer keys validators' TCs are checked with "
+            "(default imk-ac-intl,imk-mac-intl and imk-ac-gm,imk-mac-gm in the data dir's HSM).",
+        ),
+    ] = None,
+    fare_table: Annotated[
+        str, typer.Option("--fare-table", help="The fare table validators download (a shipped name).")
+    ] = "panzhihua",
 ) -> None:
     """Serve the platform API (/v1, OpenAPI at /docs) and the console on one uvicorn worker.
+
+    Validators upload their taps to /v1/clearing/uploads: the TCs are checked with the issuer keys
+    of the data dir's HSM (docs/validators.md).
 
     Example: CITYCARD_ADMIN_PASSWORD=... citycard serve --port 8000 --data-dir ./city
     """
@@ -134,8 +149,15 @@ def serve(
         fail(f"--port must be 0..65535, got {port}")
     if log_level not in ("critical", "error", "warning", "info", "debug"):
         fail(f"--log-level must be critical, error, warning, info or debug, got {log_level!r}")
+    labels = parse_suite_labels(clearing_labels or [], "--clearing-labels")
+    try:
+        from citycard.sectors.transit import load_table
+
+        load_table(fare_table)
+    except (ValueError, OSError) as exc:
+        fail(f"--fare-table {fare_table!r}: {exc}")
     directory = data_dir_of(data_dir)
-    app = build_app(directory)
+    app = build_app(directory, clearing_labels=labels, fare_table=fare_table)
     sock = listening_socket(host, port)
     bound = sock.getsockname()[1]
 

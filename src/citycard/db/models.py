@@ -17,6 +17,8 @@ MODEL_MODULES: list[str] = [
     "citycard.platform.application_tables",
     "citycard.api.tables",
     "citycard.clearing.tables",
+    "citycard.platform.terminal_tables",
+    "citycard.sectors.health.tables",
 ]
 
 

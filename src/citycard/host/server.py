@@ -43,8 +43,8 @@ from typing import Any, Protocol
 
 import iso8583 as pyiso8583
 from citycard.hsm import HSMError
-from citycard.iso8583 import CUPS_POS, Deframer, FramingError, Iso8583Error, decode, encode
-from citycard.iso8583.builders import ECHOED, classify, response
+from citycard.iso8583 import CUPS_POS, Deframer, FramingError, Iso8583Error, encode, fast
+from citycard.iso8583.builders import ECHOED, classify, pin_field, response
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ class HostServer:
         self.stats.received += 1
         fields: dict[str, Any] | None = None
         try:
-            fields, _ = decode(raw)
+            fields = fast.decode_fields(raw)  # = decode(raw)[0], errors included
             kind = classify(fields)
             if fields["t"] not in REQUEST_MTIS:
                 raise Iso8583Error("not a request MTI", field="t")
@@ -355,7 +355,7 @@ class HostServer:
             self.stats.mac_errors += 1
             self._send(conn, response(fields, rc), mac=False)
             return True
-        if "52" in fields and self.pin_keys:
+        if ("52" in fields or "57" in fields) and self.pin_keys:
             rc = self._translate_pin(fields)
             if rc is not None:
                 self._send(conn, response(fields, rc), mac=True)
@@ -385,17 +385,25 @@ class HostServer:
         return None
 
     def _translate_pin(self, fields: dict[str, Any]) -> str | None:
-        """F52 from the peer's session PIK to the handler's PIN key of the PIK's suite (in the HSM)."""
+        """The PIN block (F52 3DES / F57 SM4) from the peer's session PIK to the handler's PIN key of
+        the PIK's suite, in the HSM; the result goes in the field its length belongs in."""
         peer = peer_of(fields)
         label = f"pik:{peer}"
         try:
+            if "52" in fields and "57" in fields:
+                raise HSMError("two PIN blocks (F52 and F57)")
             if peer is None or not self.hsm.has_session_key(label):
                 raise HSMError("the peer has no PIN key (not signed on)")
             target = self.pin_keys.get(self.hsm.session_key_suite(label).name)
             if target is None:
                 raise HSMError("no PIN key configured for the PIK's suite")
-            fields["52"] = self.hsm.translate_pin_block(label, target, pin_block=fields["52"])
-        except HSMError as exc:
+            field = "52" if "52" in fields else "57"
+            source = fields.pop(field)
+            if pin_field(source) != field:  # F52 holds 8 bytes (3DES), F57 16 (SM4)
+                raise HSMError(f"a {len(source)}-byte PIN block does not belong in F{field}")
+            block = self.hsm.translate_pin_block(label, target, pin_block=source)
+            fields[pin_field(block)] = block
+        except (HSMError, Iso8583Error) as exc:
             log.info("PIN translation for %s failed: %s", peer, exc)
             return RC_NO_MASTER_KEY
         return None
@@ -472,8 +480,8 @@ class HostServer:
     def _wire(self, answer: dict[str, Any], *, mac: bool) -> bytes:
         label = self._mak_label(answer) if mac else None
         if label is None:
-            return encode(answer)
-        body = encode({**answer, "64": bytes(MAC_BYTES)})[:-MAC_BYTES]
+            return fast.encode(answer)
+        body = fast.encode({**answer, "64": bytes(MAC_BYTES)})[:-MAC_BYTES]
         return body + self.hsm.session_mac(label, body)
 
     async def _dispatch(self) -> None:

@@ -212,15 +212,16 @@ class KeyExchangeOperations:
     def encipher_pin_block(self, pik_label: str, *, pin: str, pan: str) -> bytes:
         """F52: the ISO 9564-1 format 0 PIN block enciphered under the session PIK (terminal side).
 
-        INTL: 3DES ECB of the 8-byte block. GM: F52 is b64, so the 8-byte block is SM4-enciphered
-        padded with 8 zero bytes and the first 8 bytes sent — UNCERTAIN (CUPS GM terminals may use a
-        16-byte format-4 block in another field); the issuer side must decipher to match.
+        INTL: 3DES ECB of the 8-byte block (F52). GM: SM4 ECB of the block padded by ISO 9797-1
+        method 2 to 16 bytes (SM4 is approved for PIN encipherment by GB/T 21078.4-2023 = ISO 9564-2
+        MOD); 16 bytes do not fit F52 (b64), so GM terminals send it in F57 (docs/hosts.md "Online
+        PIN"; the padding convention and the field are UNCERTAIN for CUPS).
         """
         suite, key = self._session(pik_label, "pin-encipher")
         block = pin_block_format_0(pin, pan)
-        if suite.block_bytes == 8:
+        if suite.block_bytes == PIN_BLOCK_BYTES:
             return suite.ecb_encrypt(key, block)
-        raise HSMError("an SM4 PIN block does not fit F52 (b64); GM online PIN is not supported yet")
+        return suite.ecb_encrypt(key, pad_method_2(block, suite.block_bytes)[: suite.block_bytes])
 
     def session_key_suite(self, label: str) -> Suite:
         """The suite of a volatile session key (that of the master key it came under)."""
@@ -233,13 +234,15 @@ class KeyExchangeOperations:
         """Re-encipher an F52 PIN block from a terminal's session PIK to a stored PIN key (the issuer's
         zone PIN key), inside the HSM: the clear block never leaves this method.
 
-        To a 3DES key: the 8-byte block. To an SM4 key: block ‖ 80 00…00 (ISO 9797-1 method 2 to 16
-        bytes), the convention the issuer's :meth:`verify_pin_block` expects — UNCERTAIN for CUPS GM.
+        From a 3DES PIK: 8 bytes; from an SM4 PIK: 16 bytes whose clear form ends in the method-2
+        padding. To a 3DES key: the 8-byte block. To an SM4 key: block ‖ 80 00…00 (ISO 9797-1 method 2
+        to 16 bytes), the convention the issuer's :meth:`verify_pin_block` expects — UNCERTAIN for CUPS GM.
         """
         suite, pik = self._session(pik_label, "pin-decipher")
-        if suite.block_bytes != PIN_BLOCK_BYTES or len(pin_block) != PIN_BLOCK_BYTES:
+        if len(pin_block) != suite.block_bytes:
             raise HSMError(
-                f"PIN block under a 3DES PIK must be {PIN_BLOCK_BYTES} bytes, got {len(pin_block)}"
+                f"PIN block under a {suite.cipher.upper()} PIK must be {suite.block_bytes} bytes, "
+                f"got {len(pin_block)}"
             )
         info = self._store.info(to_label)
         if info.key_type != "PIN":
@@ -247,6 +250,11 @@ class KeyExchangeOperations:
                 f"key {to_label!r} (type {info.key_type}) is not a PIN key; translation needs type PIN"
             )
         clear = suite.ecb_decrypt(pik, bytes(pin_block))
+        if suite.block_bytes > PIN_BLOCK_BYTES:
+            padding = clear[PIN_BLOCK_BYTES:]
+            clear = clear[:PIN_BLOCK_BYTES]
+            if not hmac.compare_digest(padding, b"\x80" + bytes(suite.block_bytes - PIN_BLOCK_BYTES - 1)):
+                raise HSMError("the SM4 PIN block does not decipher to a padded format-0 block")
         target = self._clear(to_label)
         if info.suite.block_bytes > PIN_BLOCK_BYTES:
             clear += b"\x80" + bytes(info.suite.block_bytes - PIN_BLOCK_BYTES - 1)

@@ -28,11 +28,14 @@ from citycard.crypto.suite import Suite
 from citycard.hsm.capp import CappOperations
 from citycard.hsm.cardimage import CardImageOperations, aes_key_check_value
 from citycard.hsm.certificates import CertificateOperations, decode_private_key, public_fingerprint
+from citycard.hsm.health import USAGE_TEXT as HEALTH_USAGE_TEXT
+from citycard.hsm.health import HealthSamOperations
 from citycard.hsm.keyexchange import KeyExchangeOperations
 from citycard.hsm.keystore import KeyStore, default_store_path
 from citycard.hsm.keytypes import KEY_TYPES, HSMError, KeyInfo, check_label, key_type
 from citycard.hsm.masterkey import MASTER_KEY_BYTES, load_master_key
 from citycard.hsm.pin import PinOperations
+from citycard.hsm.tc_batch import TcBatchOperations
 
 CACHE_KEYS_MAX = 256
 CARD_KEY_KINDS = {"AC": "IMK-AC", "MAC": "IMK-MAC", "ENC": "IMK-ENC"}  # personalisation kind → IMK type
@@ -52,6 +55,7 @@ USAGE_TEXT = {
     "perso-encipher": "encipher a personalisation DGI",
     "perso-decipher": "decipher a personalisation DGI",
 }
+USAGE_TEXT.update(HEALTH_USAGE_TEXT)  # the hospital SAM (hsm/health.py)
 
 
 class CardKeys(dict[str, bytes]):
@@ -72,7 +76,13 @@ class CardKeys(dict[str, bytes]):
 
 
 class SoftHSM(
-    CertificateOperations, CardImageOperations, PinOperations, KeyExchangeOperations, CappOperations
+    CertificateOperations,
+    CardImageOperations,
+    PinOperations,
+    KeyExchangeOperations,
+    CappOperations,
+    HealthSamOperations,
+    TcBatchOperations,
 ):
     """A software HSM over a :class:`KeyStore`. Build it with :meth:`open` or :meth:`ephemeral`.
 

@@ -59,6 +59,10 @@ KINDS: dict[str, Kind] = {
     "key_exchange": Kind("key_exchange", "0800", None, "00", ("11", "41", "42", "60"), mgmt_code="101"),
     "settlement": Kind("settlement", "0500", None, "00", ("11", "41", "42", "60", "63"), mgmt_code="201"),
 }
+PIN_BLOCK_FIELDS = {8: "52", 16: "57"}  # enciphered PIN block length → field (3DES F52, SM4 F57)
+_KINDS_BY_MTI: dict[str, list[Kind]] = {}  # request MTI → its kinds, in KINDS order (classify)
+for _kind in KINDS.values():
+    _KINDS_BY_MTI.setdefault(_kind.mti, []).append(_kind)
 SETTLEMENT_COUNT_MAX = 999  # n3 per direction in the F63 totals
 SETTLEMENT_TOTALS_CHARS = 30  # debit count n3, debit amount n12, credit count n3, credit amount n12
 # Fields a response copies from its request (the acquirer matches the pair on these).
@@ -174,13 +178,27 @@ def financial(
         fields["35"] = card.track2
     if pin_block is not None:
         fields["26"] = "12"
-        fields["52"] = pin_block
+        # 8 bytes → F52, 16 (SM4) → F57; any other length stays in F52, where the encoder refuses it
+        # (in-process callers use that to test the issuer's own check)
+        fields[PIN_BLOCK_FIELDS.get(len(pin_block), "52")] = pin_block
     if ic is not None:
         fields["55"] = ic
     missing = [key for key in kind.required if key not in fields]
     if missing:
         raise Iso8583Error(f"{kind_name} needs fields {', '.join(missing)}", field=missing[0])
     return fields
+
+
+def pin_field(pin_block: bytes) -> str:
+    """Where an enciphered PIN block travels: F52 (b64) for an 8-byte 3DES block, F57 for a 16-byte
+    SM4 block of a GM terminal (F52 cannot hold it; our choice, UNCERTAIN for CUPS).
+
+    >>> pin_field(bytes(8)), pin_field(bytes(16))
+    ('52', '57')
+    """
+    if len(pin_block) not in PIN_BLOCK_FIELDS:
+        raise Iso8583Error(f"PIN block must be 8 (3DES) or 16 (SM4) bytes, got {len(pin_block)}", field="52")
+    return PIN_BLOCK_FIELDS[len(pin_block)]
 
 
 def settlement_totals(*, debit_count: int, debit_fen: int, credit_count: int = 0, credit_fen: int = 0) -> str:
@@ -226,17 +244,19 @@ def reversal(original: dict[str, Any], *, reason: str = "98") -> dict[str, Any]:
     kind = classify(original)
     if kind.mti not in ("0100", "0200"):
         raise Iso8583Error(f"cannot reverse a {kind.mti} ({kind.name})", field="t")
-    fields = {k: v for k, v in original.items() if k not in ("52", "26", "64", "35")}
+    fields = {k: v for k, v in original.items() if k not in ("52", "57", "26", "64", "35")}
     fields.update({"t": "0400", "39": reason})
     return fields
 
 
-def response(request: dict[str, Any], rc: str, **extra: Any) -> dict[str, Any]:
+def response(request: dict[str, Any], rc: str, *, kind: Kind | None = None, **extra: Any) -> dict[str, Any]:
     """The response to ``request``: MTI + 10, the echoed fields, F39 = ``rc``, then ``extra``.
 
     ``extra`` keys are field numbers with an ``f`` prefix, e.g. ``f38="123456"``, ``f55=b"..."``.
+    ``kind``: the request's :func:`classify` result when the caller has it already (not checked again).
     """
-    kind = classify(request)
+    if kind is None:
+        kind = classify(request)
     fields: dict[str, Any] = {"t": f"{int(kind.mti) + 10:04d}"}
     fields.update({k: request[k] for k in ECHOED if k in request})
     fields["39"] = rc
@@ -257,7 +277,7 @@ def classify(fields: dict[str, Any]) -> Kind:
         raise Iso8583Error(f"bad MTI {mti!r}", field="t")
     request_mti = f"{int(mti) - 10:04d}" if mti[2] in "13" else mti
     f60 = fields.get("60", "")
-    candidates = [k for k in KINDS.values() if k.mti == request_mti]
+    candidates = _KINDS_BY_MTI.get(request_mti)
     if not candidates:
         raise Iso8583Error(f"MTI {mti} is not a supported message", field="t")
     if request_mti in ("0800", "0500"):

@@ -12,6 +12,8 @@ Choices, following the UnionPay POS field document [S24] as summarised in pboc-n
 * Alphanumeric fields (``an``/``ans``): ASCII; F37, F38, F39, F41, F42, F49, F63.
 * Binary fields: F52 PIN block and F64 MAC (8 bytes each); F55 IC data and F62 are LLLVAR binary
   with a 2-byte BCD length counting bytes; F55 is at most :data:`F55_MAX_BYTES` (CUPS: b...255).
+* F57 (ISO 8583:1987 "reserved national"): the 16-byte SM4-enciphered PIN block of a GM terminal,
+  which does not fit F52 (b64). Our choice — UNCERTAIN against the CUPS GM interface.
 * No TPDU/header: the 2-byte length framing (:mod:`citycard.iso8583.framing`) wraps the MTI directly.
 
 Each field is one line of data. ``fmt`` is ours (pyiso8583 ignores it): the character class the
@@ -88,6 +90,7 @@ CUPS_POS: dict[str, dict[str, Any]] = {
     "53": _fixed_n(16, "Security related control information n16"),
     "54": _lllvar_a(20, "Additional amounts an...020 (balance)"),
     "55": _lllvar_b(F55_MAX_BYTES, "IC card data b...255 (BER-TLV)"),
+    "57": _lllvar_b(16, "Reserved national b...16: SM4 PIN block of GM terminals (ours, UNCERTAIN)"),
     "60": _lllvar_n(17, "Reserved private n...017 (60.1 type, 60.2 batch, 60.3 network mgmt code)"),
     "61": _lllvar_n(29, "Original message data n...029 (batch, STAN, date)"),
     "62": _lllvar_b(512, "Reserved private b...512 (key exchange data)"),

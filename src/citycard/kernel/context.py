@@ -172,6 +172,7 @@ class Transaction:
     cdol2_data: bytes = b""
     capp_read: bytes | None = None  # Part 14 record read before GPO (READ CAPP DATA)
     capp_written: bytes | None = None  # Part 14 record the card committed with the fare
+    capp_planned: bytes | None = None  # Part 14 record the caller's pricing chose (before GPO)
     reasons: list[str] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)

@@ -28,6 +28,9 @@ Steps, in order (each a small function over the :class:`Transaction`):
 Part 14 (:mod:`.capp`): with a terminal file and a record to write (``capp``) and a card that offers
 Part 14, READ CAPP DATA runs before GPO (DF60 = 01 then) and UPDATE CAPP DATA CACHE after every
 offline check has passed, so the trip record and the fare commit together or not at all.
+With ``CappWrite(..., price=f)`` the amount is priced from the record read (``f(read) → (amount,
+record)``, between READ CAPP DATA and GPO; 0 fen allowed): 9F02 and the AID row's indicators follow
+the priced amount; a refusal declines before GPO with nothing changed on the card.
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ def _select(link: CardLink, tx: Transaction, terminal: Terminal, allowed: dict[b
 
 def _terminal_data(tx: Transaction, chosen: Allowed) -> None:
     """The per-transaction terminal data over the AID row's (Transaction.apply_aid)."""
-    ttq = TTQ.new(tx.terminal["9F66"])
+    ttq = TTQ.new(tx.profile.ttq_for(chosen.params))  # from the row again: a repricing may clear bits
     for wanted, bit in (
         (chosen.online_required, "online_cryptogram_required"),
         (chosen.cvm_required, "cvm_required"),
@@ -123,6 +126,20 @@ def _terminal_data(tx: Transaction, chosen: Allowed) -> None:
     capp = tx.profile.capp and bool(tx.card.get("DF61"))  # Part 14 only with a card that offers it
     tx.terminal["DF60"] = b"\x01" if capp else b"\x00"
     tx.terminal["9F7B"] = n12(chosen.params.ec_terminal_limit_fen)
+
+
+def _reprice(tx: Transaction, chosen: Allowed, amount_fen: int) -> None:
+    """The amount the caller priced after READ CAPP DATA (:func:`.capp.price`) replaces the
+    pre-processing amount: 9F02 and the chosen row's indicators (EC, floor, CVM) follow it."""
+    tx.amount_fen = amount_fen
+    tx.terminal["9F02"] = n12(amount_fen)
+    allowed = pre_processing(tx, chosen.params)
+    if allowed is None:
+        raise Stop(
+            Outcome.TRY_ANOTHER_INTERFACE,
+            f"priced amount {amount_fen} fen is not allowed contactless by AID {chosen.params.aid.hex().upper()}",
+        )
+    _terminal_data(tx, allowed)
 
 
 def _cid(tx: Transaction) -> int:
@@ -303,8 +320,15 @@ def _flow(
     allowed = _pre_process_all(tx, terminal)
     chosen = _select(link, tx, terminal, allowed)
     _terminal_data(tx, chosen)
+    if capp is not None and capp[0].price is not None and not part14.offered(tx):
+        raise Stop(
+            Outcome.END_APPLICATION, "the card offers no Part 14 file (DF61): the tap cannot be priced"
+        )
     if capp is not None and part14.offered(tx):
         part14.read_capp_data(link, tx, capp[0])
+        priced = part14.price(tx, capp[0])
+        if priced is not None:
+            _reprice(tx, chosen, priced)
     cid = gpo(link, tx)
     _cvm(tx, cid)
     if cid == CID_AAC:

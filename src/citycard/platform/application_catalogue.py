@@ -90,6 +90,7 @@ class Application:
     create_missing_keys: bool  # the test issuer creates a missing record-key master
     fields: tuple[Field, ...]
     description: str = ""
+    installs_ddf1: bool = False  # [ddf1] install = true: also load the health DDF1 (docs/health-card.md)
 
     def opening_label(self, suite_name: str) -> str:
         return f"{self.opening_key}-{SUITE_LABELS[suite_name]}-{self.sfi:02x}"
@@ -157,6 +158,7 @@ def parse_application(where: str, doc: dict[str, Any]) -> Application:
             create_missing_keys=bool(keys.get("create_missing", False)),
             fields=fields,
             description=doc.get("description", ""),
+            installs_ddf1=bool(doc.get("ddf1", {}).get("install", False)),
         )
     except KeyError as exc:
         raise CatalogueError(f"{where}: missing {exc}") from None

@@ -298,6 +298,13 @@ def load(
         raise Conflict("application.already_loaded", f"{app.id} is already loaded on card {card_id}")
     record, values = _checked_record(app, data)
     atc = _on_card(row, card, app, record, hsm=hsm, open_first=existing is None)
+    if app.installs_ddf1:  # the resident health DDF1 beside the PBOC application (docs/health-card.md §4)
+        from citycard.platform.health_card_loading import install_health_ddf1
+
+        target = _card_object(row, card, hsm)
+        install_health_ddf1(
+            conn, row, target, hsm=hsm, values=values, create_missing_keys=app.create_missing_keys
+        )
     now = at or utc_now()
     fields = {
         "sector": app.sector,

@@ -11,7 +11,10 @@ Sources, read at :func:`publish` time (the list is a pure function of them):
   optionally for one terminal class only, until cleared.
 
 Each publish writes only the change (entries as version intervals, see exchange_tables) and the
-SHA-256 of the resulting exception-file body. A terminal downloads the full list (the kernel's
+SHA-256 of the resulting exception-file body. :func:`publish` reads every source (the full
+reconciliation); :func:`publish_changes` reads only the PANs a change touched and derives list N+1
+from list N in memory — the path a loss report takes through :mod:`blacklist_outbox`, whose
+publisher drains the event log (the outbox) without an operator. A terminal downloads the full list (the kernel's
 exception file, :mod:`citycard.kernel.params.exception_file`, so it loads it directly) or the delta
 from the version it holds (:mod:`citycard.platform.blacklist_format`), and reports the version it
 holds (:func:`report_version`), so :func:`stale` lists terminals behind or silent.
@@ -33,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from citycard.host.issuer.tables import cards as issuer_cards
 from citycard.kernel.params.exception_file import ExceptionFile, ExceptionFileError, masked_pan
 from citycard.platform import events
-from citycard.platform.blacklist_format import encode_delta
+from citycard.platform.blacklist_format import encode_delta_to
 from citycard.platform.errors import Conflict, InvalidInput, NotFound
 from citycard.platform.exchange_tables import (
     ACTOR_CHARS_MAX,
@@ -80,7 +83,13 @@ SYSTEM_ACTOR = "system"
 PUBLISH_LOCK_SPACE = 0x4343424C  # pg_advisory_xact_lock(space, class index) key space, "CCBL"
 FULL_LIST_CACHE_MAX = 8  # built lists kept in memory (11 MB per million entries), least recently used out
 
+CHANGED_PANS_MAX = 10_000  # PANs in one incremental publish (publish_changes); more: run publish()
+PAN_QUERY_CHUNK = 500  # PANs per IN (...) list
+
 _full_lists: OrderedDict[tuple[str, str, int, str], ExceptionFile] = OrderedDict()
+# The newest list of each class, kept out of the LRU: the incremental publish derives list N+1
+# from it (ExceptionFile.apply_delta), so a download of old versions never evicts it.
+_latest_lists: dict[tuple[str, str], ExceptionFile] = {}
 _cache_lock = threading.Lock()
 
 
@@ -199,6 +208,11 @@ def flag(
             "flagged_at": _check_time(at, "at"),
         },
     ).one()
+    # The outbox of the incremental publish (blacklist_outbox): no PAN in the event, sectors read it.
+    events.emit(
+        conn, "blacklist.flagged", at=at,
+        payload={"flag_id": int(row.id), "reason": reason, "terminal_class": terminal_class},
+    )  # fmt: skip
     return int(row.id)
 
 
@@ -219,6 +233,7 @@ def clear_flag(conn: Connection, flag_id: int, *, actor: str, at: datetime) -> N
         .where(blacklist_flags.c.id == flag_id)
         .values(cleared_by=actor, cleared_at=at)
     )
+    events.emit(conn, "blacklist.flag_cleared", at=at, payload={"flag_id": int(flag_id)})
 
 
 def record_ec_balance(
@@ -322,6 +337,71 @@ def latest_version(conn: Connection, terminal_class: str) -> int:
     return int(value or 0)
 
 
+def _check_pan(pan: object) -> str:
+    return _check_card(pan, None)[0]
+
+
+def _chunks(pans: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(pans), PAN_QUERY_CHUNK):
+        yield pans[start : start + PAN_QUERY_CHUNK]
+
+
+def _wanted_by_class(conn: Connection, pans: list[str]) -> dict[str, dict[Key, str]]:
+    """:func:`wanted_entries` of every class restricted to ``pans``: three indexed look-ups for all
+    classes at once (cards and issuer rows list a card everywhere; a flag for every class or one).
+    Same sources in the same order as wanted_entries, so the same reasons."""
+    found: list[tuple[int, Key, str, str | None]] = []  # (rank, key, reason, class): first source wins
+    c, i, f = platform_cards.c, issuer_cards.c, blacklist_flags.c
+    for chunk in _chunks(pans):
+        rows = conn.execute(
+            sa.select(c.pan, c.psn, c.state).where(c.pan.in_(chunk), c.state.in_(LISTED_CARD_STATES))
+        )
+        found.extend(
+            (0, (r.pan, None if r.psn is None else f"{r.psn:02d}"), f"card_{r.state}", None) for r in rows
+        )
+        rows = conn.execute(
+            sa.select(i.pan, i.psn, i.status).where(i.pan.in_(chunk), i.status.in_(LISTED_ISSUER_STATUSES))
+        )
+        found.extend((1, (r.pan, f"{r.psn:02d}"), f"issuer_{r.status}", None) for r in rows)
+        rows = conn.execute(
+            sa.select(f.id, f.pan, f.psn, f.reason, f.terminal_class).where(
+                f.pan.in_(chunk), f.cleared_at.is_(None)
+            )
+        )
+        found.extend((2 + int(r.id), (r.pan, r.psn), r.reason, r.terminal_class) for r in rows)
+    found.sort(key=lambda item: item[0])
+    wanted: dict[str, dict[Key, str]] = {name: {} for name in TERMINAL_CLASSES}
+    for _, key, reason, only in found:
+        for name in TERMINAL_CLASSES if only is None else (only,):
+            if name in wanted:
+                wanted[name].setdefault(key, reason)
+    return wanted
+
+
+def _listed_by_class(conn: Connection, pans: list[str]) -> dict[str, dict[Key, int]]:
+    """The current entries of ``pans`` in every class (one indexed look-up per chunk of PANs)."""
+    e = blacklist_entries.c
+    listed: dict[str, dict[Key, int]] = {name: {} for name in TERMINAL_CLASSES}
+    for chunk in _chunks(pans):
+        rows = conn.execute(
+            sa.select(e.id, e.terminal_class, e.pan, e.psn).where(
+                e.pan.in_(chunk), e.removed_version.is_(None)
+            )
+        )
+        for row in rows:
+            listed.setdefault(row.terminal_class, {})[(row.pan, row.psn)] = int(row.id)
+    return listed
+
+
+def _latest_versions(conn: Connection) -> dict[str, int]:
+    """Every class's newest version (0 = never published), one query."""
+    v = blacklist_versions.c
+    found = dict(
+        conn.execute(sa.select(v.terminal_class, sa.func.max(v.version)).group_by(v.terminal_class)).all()
+    )
+    return {name: int(found.get(name) or 0) for name in TERMINAL_CLASSES}
+
+
 def _listed(conn: Connection, terminal_class: str) -> dict[Key, int]:
     rows = conn.execute(
         sa.select(blacklist_entries.c.id, blacklist_entries.c.pan, blacklist_entries.c.psn).where(
@@ -332,25 +412,31 @@ def _listed(conn: Connection, terminal_class: str) -> dict[Key, int]:
     return {(row.pan, row.psn): int(row.id) for row in rows}
 
 
+def _lock_class(conn: Connection, terminal_class: str) -> None:
+    """One publisher per class at a time (released at commit); the next one then sees the new
+    version under READ COMMITTED and finds nothing to publish. SQLite's BEGIN IMMEDIATE serialises
+    writers already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:space, :item)"),
+            {"space": PUBLISH_LOCK_SPACE, "item": list(TERMINAL_CLASSES).index(terminal_class)},
+        )
+
+
 def publish(conn: Connection, *, terminal_class: str, actor: str = SYSTEM_ACTOR, at: datetime) -> int:
-    """Publish the class's list as it stands now; returns its version.
+    """Publish the class's list as it stands now (every source read: the full reconciliation);
+    returns its version.
 
     When nothing changed since the latest version, that version is returned and nothing is written
     (a terminal holding it is up to date). Emits ``blacklist.published`` with the counts.
     Publishers of one class run one at a time (the second finds nothing new); Conflict
     ``blacklist.concurrent_publish`` remains as the guard of the unique (class, version).
+    The incremental path, for a known set of changed cards, is :func:`publish_changes`.
     """
     policy = check_terminal_class(terminal_class)
     _check_actor(actor)
     _check_time(at, "at")
-    if conn.dialect.name == "postgresql":
-        # One publisher per class at a time (released at commit); the next one then sees the new
-        # version under READ COMMITTED and finds nothing to publish. SQLite's BEGIN IMMEDIATE
-        # serialises writers already.
-        conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock(:space, :item)"),
-            {"space": PUBLISH_LOCK_SPACE, "item": list(TERMINAL_CLASSES).index(terminal_class)},
-        )
+    _lock_class(conn, terminal_class)
     latest = latest_version(conn, terminal_class)
     wanted = wanted_entries(conn, terminal_class)
     listed = _listed(conn, terminal_class)
@@ -364,8 +450,88 @@ def publish(conn: Connection, *, terminal_class: str, actor: str = SYSTEM_ACTOR,
             f"the {terminal_class} list would hold {len(wanted):,} entries; its terminals hold "
             f"{policy.entries_max:,} at most",
         )
-    version = latest + 1
-    full = ExceptionFile.build(wanted, version=version)
+    previous = _cached_latest(conn, terminal_class, latest) if latest else None
+    if previous is not None and len(added) + len(removed) <= len(wanted) // 4:
+        full = previous.apply_delta(added, removed, latest + 1)  # a copy, no sort of a million keys
+    else:
+        full = ExceptionFile.build(wanted, version=latest + 1)
+    _write_version(conn, terminal_class, full, added=added, removed=removed, reasons=wanted,
+                   listed=listed, actor=actor, at=at, incremental=False)  # fmt: skip
+    return full.version
+
+
+def publish_changes(
+    conn: Connection, *, pans: Iterable[str], actor: str = SYSTEM_ACTOR, at: datetime
+) -> dict[str, int]:
+    """The incremental publish: a new version of every class whose list changes for ``pans`` (the
+    cards a loss report, an unblock, a flag... touched), computed from those PANs' sources only and
+    derived from the class's previous list in memory; class → its latest version.
+
+    Cost O(changes) in the database: indexed look-ups of the PANs' card rows, issuer rows, flags
+    and listed entries, and one version row; list N+1 is list N (cached, built once from the stored
+    intervals after a restart) plus the change, whose SHA-256 the version row carries. A class never
+    published gets its first version from :func:`publish` (every source). Changes the platform was
+    not told about (a bank blocking a card in its own host) reach the list at the next
+    :func:`publish`/:func:`publish_all` (the scheduled reconciliation).
+    """
+    _check_actor(actor)
+    _check_time(at, "at")
+    wanted_pans = sorted({_check_pan(pan) for pan in pans})
+    if len(wanted_pans) > CHANGED_PANS_MAX:
+        raise InvalidInput(
+            "blacklist.too_many_changes",
+            f"{len(wanted_pans):,} changed PANs in one incremental publish, at most {CHANGED_PANS_MAX:,}: "
+            "run a full publish",
+            fields={"pans": "count"},
+        )
+    for terminal_class in TERMINAL_CLASSES:  # always in this order: no deadlock between publishers
+        _lock_class(conn, terminal_class)
+    latest_all = _latest_versions(conn)
+    wanted_all = _wanted_by_class(conn, wanted_pans) if wanted_pans else {}
+    listed_all = _listed_by_class(conn, wanted_pans) if wanted_pans else {}
+    result: dict[str, int] = {}
+    for terminal_class, policy in TERMINAL_CLASSES.items():
+        latest = latest_all[terminal_class]
+        if latest == 0:
+            result[terminal_class] = publish(conn, terminal_class=terminal_class, actor=actor, at=at)
+            continue
+        wanted = wanted_all.get(terminal_class, {})
+        listed = listed_all.get(terminal_class, {})
+        added = [key for key in wanted if key not in listed]
+        removed = [key for key in listed if key not in wanted]
+        if not added and not removed:
+            result[terminal_class] = latest
+            continue
+        previous = full_list(conn, terminal_class=terminal_class, version=latest)
+        count = len(previous) + len(added) - len(removed)
+        if count > policy.entries_max:
+            raise Conflict(
+                "blacklist.too_large",
+                f"the {terminal_class} list would hold {count:,} entries; its terminals hold "
+                f"{policy.entries_max:,} at most",
+            )
+        full = previous.apply_delta(added, removed, latest + 1)
+        _write_version(conn, terminal_class, full, added=added, removed=removed, reasons=wanted,
+                       listed=listed, actor=actor, at=at, incremental=True)  # fmt: skip
+        result[terminal_class] = full.version
+    return result
+
+
+def _write_version(
+    conn: Connection,
+    terminal_class: str,
+    full: ExceptionFile,
+    *,
+    added: list[Key],
+    removed: list[Key],
+    reasons: dict[Key, str],
+    listed: dict[Key, int],
+    actor: str,
+    at: datetime,
+    incremental: bool,
+) -> None:
+    """Store version ``full.version``: its row, the added intervals, the closed ones, the event."""
+    version = full.version
     try:
         conn.execute(
             blacklist_versions.insert(),
@@ -392,7 +558,7 @@ def publish(conn: Connection, *, terminal_class: str, actor: str = SYSTEM_ACTOR,
                     "terminal_class": terminal_class,
                     "pan": pan,
                     "psn": psn,
-                    "reason": wanted[(pan, psn)],
+                    "reason": reasons[(pan, psn)],
                     "added_version": version,
                     "removed_version": None,
                 }
@@ -406,7 +572,7 @@ def publish(conn: Connection, *, terminal_class: str, actor: str = SYSTEM_ACTOR,
             .values(removed_version=version),
             [{"entry_id": listed[key]} for key in removed],
         )
-    _remember(conn, terminal_class, full)
+    _remember(conn, terminal_class, full, latest=True)
     events.emit(
         conn,
         "blacklist.published",
@@ -417,9 +583,9 @@ def publish(conn: Connection, *, terminal_class: str, actor: str = SYSTEM_ACTOR,
             "added": len(added),
             "removed": len(removed),
             "body_sha256": full.body_sha256.hex().upper(),
+            "incremental": incremental,
         },
     )
-    return version
 
 
 def publish_all(conn: Connection, *, actor: str = SYSTEM_ACTOR, at: datetime) -> dict[str, int]:
@@ -459,25 +625,62 @@ def full_list(conn: Connection, *, terminal_class: str, version: int | None = No
     if version == 0:
         return ExceptionFile.build([], version=0)
     row = _version_row(conn, terminal_class, version)
-    # A published version never changes, and the key holds its checksum: a cached list is the list.
-    key = _cache_key(conn, terminal_class, version, row.body_sha256)
-    with _cache_lock:
-        cached = _full_lists.get(key)
-        if cached is not None:
-            _full_lists.move_to_end(key)
-            return cached
+    cached = _cached(conn, terminal_class, version, row.body_sha256)
+    if cached is not None:
+        return cached
     result = ExceptionFile.build(_members(conn, terminal_class, version), version=version)
     # The stored intervals must give back the list that was published (an invariant, not input).
     assert result.body_sha256.hex().upper() == row.body_sha256, f"{terminal_class} v{version} checksum"
-    _remember(conn, terminal_class, result)
+    _remember(conn, terminal_class, result, latest=version == latest)
     return result
 
 
-def _remember(conn: Connection, terminal_class: str, listing: ExceptionFile) -> None:
-    """Keep a built list for downloads. Safe even if the publishing transaction rolls back: the key
-    holds the checksum, so it can only ever answer for a list with exactly this content."""
+def version_info(conn: Connection, *, terminal_class: str, version: int | None = None) -> dict[str, Any]:
+    """The stored facts of a version (default the latest): ``version``, ``entry_count``,
+    ``body_sha256`` (hex) — what a download's headers carry, without building the list."""
+    check_terminal_class(terminal_class)
+    latest = latest_version(conn, terminal_class)
+    version = latest if version is None else _check_version(version)
+    if version == 0:
+        empty = ExceptionFile.build([], version=0)
+        return {"version": 0, "entry_count": 0, "body_sha256": empty.body_sha256.hex().upper()}
+    row = _version_row(conn, terminal_class, version)
+    return {"version": version, "entry_count": int(row.entry_count), "body_sha256": row.body_sha256}
+
+
+def _cached(conn: Connection, terminal_class: str, version: int, sha256_hex: str) -> ExceptionFile | None:
+    """A built list from memory. A published version never changes, and the match includes its
+    checksum: a cached list is the list."""
+    key = _cache_key(conn, terminal_class, version, sha256_hex)
+    with _cache_lock:
+        pinned = _latest_lists.get(key[:2])
+        if (
+            pinned is not None
+            and pinned.version == version
+            and pinned.body_sha256.hex().upper() == sha256_hex
+        ):
+            return pinned
+        cached = _full_lists.get(key)
+        if cached is not None:
+            _full_lists.move_to_end(key)
+        return cached
+
+
+def _cached_latest(conn: Connection, terminal_class: str, latest: int) -> ExceptionFile | None:
+    """The class's list at ``latest`` if it is in memory (never built here)."""
+    return _cached(conn, terminal_class, latest, _version_row(conn, terminal_class, latest).body_sha256)
+
+
+def _remember(conn: Connection, terminal_class: str, listing: ExceptionFile, *, latest: bool = False) -> None:
+    """Keep a built list for downloads (``latest``: also as the class's newest, for the next
+    incremental publish). Safe even if the publishing transaction rolls back: a cached list only
+    ever answers for a version with exactly its checksum."""
     key = _cache_key(conn, terminal_class, listing.version, listing.body_sha256.hex().upper())
     with _cache_lock:
+        if latest:
+            pinned = _latest_lists.get(key[:2])
+            if pinned is None or pinned.version <= listing.version:
+                _latest_lists[key[:2]] = listing
         _full_lists[key] = listing
         _full_lists.move_to_end(key)
         while len(_full_lists) > FULL_LIST_CACHE_MAX:
@@ -488,6 +691,7 @@ def clear_cache() -> None:
     """Forget the built lists (tests use it to rebuild lists from the stored intervals)."""
     with _cache_lock:
         _full_lists.clear()
+        _latest_lists.clear()
 
 
 def _cache_key(
@@ -541,8 +745,13 @@ def delta(
     both = added_keys & removed_keys
     added_keys -= both
     removed_keys -= both
-    result = full_list(conn, terminal_class=terminal_class, version=to_version)
-    return encode_delta(added=added_keys, removed=removed_keys, from_version=from_version, result=result)
+    # The header needs list M's entry count and checksum: stored with its version row, so a delta
+    # costs its two indexed range queries, never a build of the full list.
+    row = _version_row(conn, terminal_class, to_version)
+    return encode_delta_to(
+        added=added_keys, removed=removed_keys, from_version=from_version, to_version=to_version,
+        result_count=int(row.entry_count), result_sha256=bytes.fromhex(row.body_sha256),
+    )  # fmt: skip
 
 
 def versions(conn: Connection, *, terminal_class: str, limit: int = 20) -> list[dict[str, Any]]:

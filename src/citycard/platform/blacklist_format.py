@@ -92,6 +92,28 @@ def encode_delta(
     result: ExceptionFile,
 ) -> bytes:
     """The delta file from list ``from_version`` to ``result`` (whose version and checksum it carries)."""
+    return encode_delta_to(
+        added=added, removed=removed, from_version=from_version, to_version=result.version,
+        result_count=len(result), result_sha256=result.body_sha256,
+    )  # fmt: skip
+
+
+def encode_delta_to(
+    *,
+    added: Iterable[tuple[str, str | None]],
+    removed: Iterable[tuple[str, str | None]],
+    from_version: int,
+    to_version: int,
+    result_count: int,
+    result_sha256: bytes,
+) -> bytes:
+    """The delta file from list ``from_version`` to list ``to_version`` of ``result_count`` entries
+    and body checksum ``result_sha256`` — the platform's stored facts of version M, so the delta
+    costs O(changes) and never needs list M itself."""
+    if len(result_sha256) != 32:
+        raise ExceptionFileError(f"list SHA-256 must be 32 bytes, got {len(result_sha256)}")
+    if not 0 <= result_count <= EXCEPTION_FILE_ENTRIES_MAX:
+        raise ExceptionFileError(f"list entry count {result_count:,} is out of range")
     add_keys = _sorted_keys(added, "added")
     remove_keys = _sorted_keys(removed, "removed")
     if len(add_keys) + len(remove_keys) > DELTA_ENTRIES_MAX:
@@ -99,9 +121,9 @@ def encode_delta(
             f"delta of {len(add_keys) + len(remove_keys):,} entries exceeds {DELTA_ENTRIES_MAX:,}: "
             "send the full list"
         )
-    if not 0 <= from_version < result.version:
+    if not 0 <= from_version < to_version:
         raise ExceptionFileError(
-            f"delta from version {from_version} must go up to the result's version {result.version}"
+            f"delta from version {from_version} must go up to the result's version {to_version}"
         )
     body = b"".join(add_keys) + b"".join(remove_keys)
     head = DELTA_HEADER.pack(
@@ -111,9 +133,9 @@ def encode_delta(
         len(add_keys),
         len(remove_keys),
         from_version,
-        result.version,
-        len(result),
-        result.body_sha256,
+        to_version,
+        result_count,
+        result_sha256,
         hashlib.sha256(body).digest(),
         0,
         0,
@@ -212,4 +234,5 @@ __all__ = [
     "apply_delta",
     "decode_delta",
     "encode_delta",
+    "encode_delta_to",
 ]

@@ -42,6 +42,8 @@ EVENT_KINDS = frozenset(
         "application.loaded",
         "application.unloaded",
         "blacklist.published",
+        "blacklist.flagged",
+        "blacklist.flag_cleared",
         "payment",
         "visit",
     }

@@ -19,6 +19,7 @@ numbers grow in commit order, so a cursor never skips an event that commits late
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from datetime import datetime
@@ -30,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from citycard.db import utc_now
 from citycard.platform import events
+from citycard.platform import tables as platform_tables
 from citycard.platform.errors import Conflict, InvalidInput, NotFound
 from citycard.platform.exchange_tables import KINDS_CHARS_MAX, SECTOR_CHARS_MAX, subscribers
 
@@ -38,6 +40,8 @@ SECTOR_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 KINDS_MAX = events.KINDS_FILTER_MAX  # kinds in one filter
 READ_LIMIT_DEFAULT = 100
 SUBSCRIBERS_LIST_MAX = 1_000
+IN_LIST_MAX = 500  # ids per IN (...) list
+REDACTED_PAYLOAD = {"redacted": "consent.missing"}
 
 assert SECTOR_CHARS_MAX == 32
 
@@ -185,11 +189,69 @@ def _filter(row: Any) -> frozenset[str] | None:
     return kinds or None
 
 
+def lock_cursor(conn: Connection, subscriber: str) -> int:
+    """The subscriber's cursor, its row locked to the end of the transaction on PostgreSQL (SQLite
+    writers are serialised already): for a consumer that reads and acks in one transaction."""
+    return int(_row(conn, subscriber, for_update=True).cursor)
+
+
 def read_for(conn: Connection, subscriber: str, limit: int = READ_LIMIT_DEFAULT) -> list[events.Event]:
     """The next events for ``subscriber``: after its cursor, passing its filter, at most ``limit``
-    (1 to events.READ_LIMIT_MAX), in sequence order. Reading does not move the cursor."""
+    (1 to events.READ_LIMIT_MAX), in sequence order, each as its sector may see it
+    (:func:`consent_view`). Reading does not move the cursor."""
     row = _row(conn, subscriber)
-    return events.read(conn, after=int(row.cursor), limit=limit, kinds=_filter(row))
+    found = events.read(conn, after=int(row.cursor), limit=limit, kinds=_filter(row))
+    return consent_view(conn, row.sector, found)
+
+
+def read_after(
+    conn: Connection, subscriber: str, after: int, limit: int = READ_LIMIT_DEFAULT
+) -> list[events.Event]:
+    """Re-read ``subscriber``'s feed from ``after`` (its filter and consents applied; cursor unchanged)."""
+    row = _row(conn, subscriber)
+    return consent_view(conn, row.sector, events.read(conn, after=after, limit=limit, kinds=_filter(row)))
+
+
+def consent_view(conn: Connection, sector: str, found: list[events.Event]) -> list[events.Event]:
+    """``found`` as ``sector`` may see it: an event that carries a cardholder's data (its
+    ``cardholder_id``, or a ``card_id`` of a platform card) goes as it is only when that cardholder
+    holds an active consent for ``sector`` (platform_consents, any scope — the same rule as the
+    API's sector reads); otherwise it is **redacted**, not skipped: ``seq``, ``kind``, ``at`` and
+    ``sector`` stay, ``card_id`` and ``cardholder_id`` become null and the payload is
+    ``{"redacted": "consent.missing"}``. So the subscriber's sequence has no unexplained holes, its
+    acks work as before, and it can tell that something was withheld (and ask for consent) without
+    learning whose card it was. Events about no known cardholder pass unchanged."""
+    card_ids = sorted({e.card_id for e in found if e.cardholder_id is None and e.card_id is not None})
+    holder_of_card: dict[int, int] = {}
+    c = platform_tables.cards.c
+    for start in range(0, len(card_ids), IN_LIST_MAX):
+        rows = conn.execute(
+            sa.select(c.id, c.cardholder_id).where(c.id.in_(card_ids[start : start + IN_LIST_MAX]))
+        )
+        holder_of_card.update({int(row.id): int(row.cardholder_id) for row in rows})
+    holders = [
+        e.cardholder_id if e.cardholder_id is not None else holder_of_card.get(e.card_id or 0) for e in found
+    ]
+    wanted = sorted({h for h in holders if h is not None})
+    consenting: set[int] = set()
+    k = platform_tables.consents.c
+    for start in range(0, len(wanted), IN_LIST_MAX):
+        rows = conn.execute(
+            sa.select(k.cardholder_id).where(
+                k.cardholder_id.in_(wanted[start : start + IN_LIST_MAX]), k.sector == sector,
+                k.revoked_at.is_(None),
+            )
+        )  # fmt: skip
+        consenting.update(int(row.cardholder_id) for row in rows)
+    return [
+        event if holder is None or holder in consenting else redact(event)
+        for event, holder in zip(found, holders, strict=True)
+    ]
+
+
+def redact(event: events.Event) -> events.Event:
+    """The event without whose it is (see :func:`consent_view`)."""
+    return dataclasses.replace(event, card_id=None, cardholder_id=None, payload=dict(REDACTED_PAYLOAD))
 
 
 def ack(conn: Connection, subscriber: str, seq: int, *, at: datetime | None = None) -> int:

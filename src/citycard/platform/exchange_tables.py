@@ -92,6 +92,7 @@ blacklist_entries = sa.Table(
     sa.CheckConstraint("removed_version IS NULL OR removed_version > added_version", name="versions"),
     sa.Index("ix_platform_blacklist_entries_added", "terminal_class", "added_version"),
     sa.Index("ix_platform_blacklist_entries_removed", "terminal_class", "removed_version"),
+    sa.Index("ix_platform_blacklist_entries_pan", "pan"),  # migration 0012: the incremental publish
 )
 
 terminals = sa.Table(

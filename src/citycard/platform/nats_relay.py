@@ -9,6 +9,12 @@ exchange subscriber (default name ``nats-relay``, every kind) with its own curso
    the stream's acknowledgement;
 3. move its cursor to the last published seq (a write transaction).
 
+Events about a cardholder are relayed as :func:`citycard.platform.exchange.consent_view` shows
+them to the relay's sector: on the shared stream (sector ``platform``) redacted — no card or
+cardholder id, payload ``{"redacted": "consent.missing"}`` — since every sector may read it; a
+sector's own relay (``RelayConfig(sector=...)``, its own stream) carries them in full for the
+cardholders who consented to that sector.
+
 A crash between 2 and 3 republishes the same events on restart: delivery is at least once, and
 JetStream drops the repeats inside its duplicate window because the Msg-Id is the same seq (the
 window is set to DUPLICATE_WINDOW_S on a stream this relay creates). Consumers should still treat
@@ -61,6 +67,11 @@ class RelayConfig:
     subject_prefix: str = SUBJECT_PREFIX_DEFAULT
     subscriber: str = RELAY_SUBSCRIBER_DEFAULT
     batch: int = RELAY_BATCH_MAX
+    # Whose consents apply (exchange.consent_view). The shared stream's relay is the platform's:
+    # no cardholder consents to "platform", so every event about a cardholder goes out redacted
+    # (any sector may read that stream). A sector's own relay (its own stream and subject prefix,
+    # sector="health") carries full events of the cardholders who consented to that sector.
+    sector: str = RELAY_SECTOR
     poll_interval_s: float = POLL_INTERVAL_S
 
     def __post_init__(self) -> None:
@@ -124,10 +135,11 @@ def ensure_subscriber(engine: Engine, config: RelayConfig) -> dict[str, Any]:
         try:
             return exchange.get(conn, config.subscriber)
         except NotFound:
-            return exchange.subscribe(conn, name=config.subscriber, sector=RELAY_SECTOR, at=utc_now())
+            return exchange.subscribe(conn, name=config.subscriber, sector=config.sector, at=utc_now())
 
 
 def _pending(engine: Engine, config: RelayConfig) -> list[events.Event]:
+    """The next batch, each event as the relay's sector may see it (redacted without consent)."""
     with read_transaction(engine) as conn:
         return exchange.read_for(conn, config.subscriber, limit=config.batch)
 

@@ -38,7 +38,7 @@ from citycard.kernel.online import APPROVED_ARCS, OnlineError
 from citycard.kernel.outcome import Outcome, Result
 from citycard.terminals.store import PENDING_REVERSALS_MAX, TerminalStore, TerminalStoreError
 
-PIN_BLOCK_BYTES = 8  # F52 b64
+PIN_BLOCK_BYTES = (8, 16)  # 3DES in F52 (b64); SM4 in F57 (UNCERTAIN for CUPS: docs/hosts.md)
 REASON_NO_ANSWER = "98"  # reversal: no response received (UNCERTAIN, common CUPS usage)
 REASON_CARD_DECLINED = "06"  # reversal: the card declined after the issuer approved (UNCERTAIN)
 CID_AAC = 0x00
@@ -192,10 +192,9 @@ class Iso8583AcquirerLink:
             raise OnlineError(
                 f"{PENDING_REVERSALS_MAX} reversals are still pending: no authorisation until they are sent"
             )
-        if pin_block is not None and len(pin_block) != PIN_BLOCK_BYTES:
+        if pin_block is not None and len(pin_block) not in PIN_BLOCK_BYTES:
             raise OnlineError(
-                f"an online PIN block of {len(pin_block)} bytes does not fit F52 (b64); "
-                "UNCERTAIN: the CUPS field for an SM4 PIN block"
+                f"an online PIN block is 8 (3DES, F52) or 16 (SM4, F57) bytes, got {len(pin_block)}"
             )
         try:
             fields = builders.financial(

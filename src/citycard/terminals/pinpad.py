@@ -7,8 +7,8 @@ made by the host client (``HostClient.pin_block``: ISO 9564 format 0 under the P
 HSM), so the issuer can translate it to its own PIN key and check it against the PVV. The PIN
 digits are given up front (``--pin``), as a test PIN pad would type them.
 
-GM: the HSM refuses an SM4 PIN block for F52 (b64) — UNCERTAIN, see ``hsm.keyexchange`` — and the
-block is then ``None``: the kernel records the online PIN as not entered.
+GM: the block is 16 bytes under an SM4 PIK and travels in F57, since F52 is 8 bytes (UNCERTAIN for
+CUPS, docs/hosts.md); the host translates either kind in its HSM.
 """
 
 from __future__ import annotations
@@ -33,6 +33,6 @@ class HostPinPad:
     def online_pin_block(self, *, pan: str) -> bytes | None:
         try:
             return self.client.pin_block(terminal_id=self.terminal_id, pin=self._pin, pan=pan)
-        except ValueError as exc:  # not signed on (no PIK), or a suite whose block does not fit F52
+        except ValueError as exc:  # not signed on (no PIK)
             self.refusal = str(exc)
             return None

@@ -26,4 +26,10 @@ def mount(app: FastAPI) -> None:
     if getattr(app.state, "console_mounted", False):
         return
     app.include_router(router)
+    from citycard.web.health_routes import router as health_router  # the health desk and consent pages
+
+    app.include_router(health_router)
+    from citycard.web.desk_routes import router as desk_router  # registration, desk issue, app loading
+
+    app.include_router(desk_router)
     app.state.console_mounted = True

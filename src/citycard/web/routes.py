@@ -14,7 +14,6 @@ The engine, HSM and card image directory come from ``app.state`` (set by ``cityc
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, unquote, urlsplit
@@ -268,18 +267,7 @@ async def login(request: Request) -> Response:
         )
         _set_login_csrf(request, response, csrf)
         return response
-    response = RedirectResponse(next_page, status_code=303)
-    response.set_cookie(
-        security.SESSION_COOKIE,
-        session.token,
-        max_age=max(1, int((session.expires_at - datetime.now(session.expires_at.tzinfo)).total_seconds())),
-        path=security.COOKIE_PATH,
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
-    response.delete_cookie(security.LOGIN_CSRF_COOKIE, path=security.COOKIE_PATH)
-    return response
+    return security.signed_in_redirect(next_page, session, https=request.url.scheme == "https")
 
 
 @router.post("/logout", name="console.logout")

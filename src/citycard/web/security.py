@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from typing import Any
 
 SESSION_COOKIE = "citycard_console"
 LANG_COOKIE = "citycard_lang"
@@ -49,3 +50,25 @@ def csrf_matches(expected: str | None, submitted: str | None) -> bool:
     if not expected or not submitted or len(submitted) > CSRF_TOKEN_MAX_CHARS:
         return False
     return hmac.compare_digest(expected.encode(), submitted.encode())
+
+
+def signed_in_redirect(target: str, session: Any, *, https: bool) -> Any:
+    """The answer to a successful login: a 303 to ``target`` that sets the session cookie (HttpOnly,
+    SameSite=Strict, Secure over HTTPS, living as long as the bearer token) and drops the login CSRF
+    cookie. ``session`` has ``token`` and ``expires_at`` (aware)."""
+    from datetime import datetime
+
+    from fastapi.responses import RedirectResponse
+
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session.token,
+        max_age=max(1, int((session.expires_at - datetime.now(session.expires_at.tzinfo)).total_seconds())),
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=https,
+    )
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path=COOKIE_PATH)
+    return response

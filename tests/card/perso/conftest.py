@@ -15,7 +15,7 @@ from citycard.card.perso import PreparedCard, load_profile, prepare_card
 from citycard.hsm import SoftHSM
 
 TODAY = dt.date(2025, 3, 15)
-PROFILES = ("pboc-debit-intl", "pboc-debit-gm", "pboc-ec-only-gm", "citizen-card-gm")
+PROFILES = ("pboc-debit-intl", "pboc-debit-gm", "pboc-ec-only-gm", "citizen-card-gm", "citizen-card-intl")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Profiles: the four shipped ones load and mean what they say; broken ones fail with one precise line."""
+"""Profiles: the shipped ones load and mean what they say; broken ones fail with one precise line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from citycard.card.perso.profile import profiles_dir
 from .conftest import PROFILES
 
 
-def test_the_four_profiles_ship() -> None:
+def test_the_shipped_profiles_are_listed() -> None:
     assert list_profiles() == sorted(PROFILES)
 
 
@@ -38,6 +38,13 @@ def test_profile_facts() -> None:
     assert files[0x1E].type == "cyclic" and files[0x1E].records == 10
     assert [f.sfi for f in citizen.part14.files if f.spare] == [0x16, 0x17, 0x18]
     assert b"\xdf\x60" in citizen.dols.pdol_contactless
+    # the INTL citizen card has the same Part 14 files (its opening keys from imk-capp-intl-SFI)
+    citizen_intl = load_profile("citizen-card-intl")
+    assert citizen_intl.part14 is not None and citizen_intl.suites == ("INTL",)
+    assert [(f.sfi, f.type, f.spare) for f in citizen_intl.part14.files] == [
+        (f.sfi, f.type, f.spare) for f in citizen.part14.files
+    ]
+    assert b"\xdf\x60" in citizen_intl.dols.pdol_contactless
     intl = load_profile("pboc-debit-intl")
     assert intl.oda.sda and intl.contact.aip.hex().upper() == "7D00"
 
@@ -55,7 +62,7 @@ def test_unknown_profile_names_the_shipped_ones() -> None:
     with pytest.raises(ProfileError) as error:
         load_profile("pboc-platinum")
     assert str(error.value) == (
-        "unknown profile 'pboc-platinum': expected one of citizen-card-gm, pboc-debit-gm, "
+        "unknown profile 'pboc-platinum': expected one of citizen-card-gm, citizen-card-intl, pboc-debit-gm, "
         "pboc-debit-intl, pboc-ec-only-gm or a path"
     )
 

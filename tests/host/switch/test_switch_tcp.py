@@ -151,6 +151,14 @@ def test_cross_region_card_of_city_a_at_a_terminal_of_city_b(tmp_path, suite):
             # an unknown BIN at B (no default route) is answered by B itself
             request, _ = terminal.purchase(city, "6011000000000012", suite, amount_fen=100, atc=2)
             assert (await terminal.client.exchange(request))["39"] == "15"
+            # 0500 at B: B asks A (a switch endpoint), A asks its bank; the totals come back the same way
+            settlement = builders.settlement(
+                terminal=terminal.terminal, stan=50, when=datetime.now(UTC), debit_count=1, debit_fen=8_800
+            )
+            answer = await terminal.client.exchange(settlement)
+            assert (answer["t"], answer["39"]) == ("0510", "00"), answer
+            assert answer["63"] == builders.settlement_totals(debit_count=1, debit_fen=8_800)
+            assert "33" not in answer
         finally:
             await terminal.close()
             await switch_b.shutdown(grace_s=5)
@@ -192,7 +200,12 @@ def test_issuer_down_stand_in_then_advice_delivered_once(tmp_path, db_url, suite
             assert (await terminal.client.exchange(request))["39"] == "91"  # over the limit
             request, _ = terminal.purchase(rural, PAN_RURAL, suite, amount_fen=100, atc=1)
             assert (await terminal.client.exchange(request))["39"] == "91"  # no stand-in rule
-            [advice] = _queue(service)
+            settlement = builders.settlement(
+                terminal=terminal.terminal, stan=70, when=datetime.now(UTC), debit_count=1, debit_fen=10_000
+            )
+            answer = await terminal.client.exchange(settlement)
+            assert (answer["t"], answer["39"]) == ("0510", "91")  # no bank could give its totals
+            [advice] = _queue(service)  # and the 0500 is not queued
             assert (advice.mti, advice.status, advice.fields["39"]) == ("0220", "pending", "00")
             with read_transaction(service.engine) as conn:
                 [row] = conn.execute(standins.select()).all()
@@ -389,7 +402,20 @@ def test_slow_bank_does_not_hold_up_another_and_bad_pans(tmp_path):
                 terminal=fast_terminal.terminal, stan=90, when=datetime.now(UTC), debit_count=1, debit_fen=200
             )
             answer = await fast_terminal.client.exchange(settlement)
-            assert (answer["t"], answer["39"]) == ("0510", "12")  # not routed: no PAN (docs/switch.md)
+            # both banks asked (the slow one holds nothing of this terminal): 1 purchase of 200
+            assert (answer["t"], answer["39"]) == ("0510", "00"), answer
+            assert builders.parse_settlement_totals(answer)["debit_fen"] == 200
+            wrong = builders.settlement(
+                terminal=fast_terminal.terminal, stan=91, when=datetime.now(UTC), debit_count=2, debit_fen=300
+            )
+            answer = await fast_terminal.client.exchange(wrong)
+            assert answer["39"] == "95"  # the sum of the banks' totals is in F63
+            assert answer["63"] == builders.settlement_totals(debit_count=1, debit_fen=200)
+            # the slow bank's totals for the other terminal come through the switch too
+            settlement = builders.settlement(
+                terminal=slow_terminal.terminal, stan=92, when=datetime.now(UTC), debit_count=1, debit_fen=100
+            )
+            assert (await slow_terminal.client.exchange(settlement))["39"] == "00"
         finally:
             await slow_terminal.close(), await fast_terminal.close()
             await service.shutdown(grace_s=5)

@@ -58,8 +58,8 @@ def delta(request: Request, terminal_class: TerminalClass, from_version: Version
     with reading(request) as conn:
         data = blacklist.delta(conn, terminal_class=terminal_class.value, from_version=from_version,
                                to_version=to_version)  # fmt: skip
-        target = blacklist.full_list(conn, terminal_class=terminal_class.value, version=to_version)
-    return _binary(data, version=target.version, sha256_hex=target.body_sha256.hex().upper())
+        target = blacklist.version_info(conn, terminal_class=terminal_class.value, version=to_version)
+    return _binary(data, version=target["version"], sha256_hex=target["body_sha256"])
 
 
 @router.get(

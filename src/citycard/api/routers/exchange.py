@@ -17,7 +17,7 @@ from citycard.api.deps import reading
 from citycard.api.idempotency import IdempotencyKey, idempotent_write
 from citycard.api.roles import Role
 from citycard.db import utc_now
-from citycard.platform import events, exchange
+from citycard.platform import exchange
 from citycard.platform.errors import Forbidden, InvalidInput
 
 router = APIRouter(prefix="/v1/exchange", tags=["exchange"], dependencies=[Depends(authorize)])
@@ -78,11 +78,12 @@ def read_events(
         )
     with reading(request) as conn:
         sub = _own(conn, principal, name)
+        # Events about a cardholder who has not consented to the subscriber's sector are redacted
+        # (exchange.consent_view).
         if after is None:
             found = exchange.read_for(conn, name, limit)
         else:
-            kinds = set(sub["kinds"]) if sub.get("kinds") else None
-            found = events.read(conn, after=after, limit=limit, kinds=kinds)
+            found = exchange.read_after(conn, name, after, limit)
     items = [event.as_dict() for event in found]
     return {"subscriber": name, "cursor": sub["cursor"], "items": items,
             "next_after": items[-1]["seq"] if items else (after if after is not None else sub["cursor"])}  # fmt: skip

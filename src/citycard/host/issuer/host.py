@@ -360,7 +360,7 @@ class IssuerHost(IssuerAdmin, RelatedMessages):
         if ic:
             extra["f55"] = ic
         extra.update(msg.extra)
-        msg.response = builders.response(msg.request, rc, **extra)
+        msg.response = builders.response(msg.request, rc, kind=msg.kind, **extra)
 
     def _write(self, conn: Connection, batch: Batch, messages: list[Message]) -> None:
         for account in sorted(set(batch.new_accounts) - self._known_accounts):

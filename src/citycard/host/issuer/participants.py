@@ -293,8 +293,11 @@ def iad_mac(msg: Message, batch: Batch, env: Env) -> None:
 
 
 def online_pin(msg: Message, batch: Batch, env: Env) -> None:
-    """F52 present: PIN block checked against the stored PVV in the HSM; tries counted (55, 75)."""
+    """F52 (3DES) or F57 (SM4) present: PIN block checked against the stored PVV in the HSM; tries
+    counted (55, 75)."""
     block = msg.request.get("52")
+    if block is None:
+        block = msg.request.get("57")
     if block is None:
         return
     card = msg.card
@@ -307,7 +310,7 @@ def online_pin(msg: Message, batch: Batch, env: Env) -> None:
         msg.decline(codes.PIN_TRIES_EXCEEDED, "online PIN tries exhausted")
         return
     # The PIN key is chosen by the block's length (8 bytes: the 3DES key, 16: the SM4 key), not by
-    # the card's suite: the server translates F52 to the PIN key of the terminal PIK's suite. The
+    # the card's suite: the server translates the block to the PIN key of the terminal PIK's suite. The
     # PVK is the card's suite's, the one enrolment computed the PVV under.
     pin_suite = next(
         (

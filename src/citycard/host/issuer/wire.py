@@ -20,7 +20,8 @@ FIELD_RULES: dict[str, tuple[bool, int, int]] = {
     "25": (True, 2, 2), "32": (True, 1, 11), "33": (True, 1, 11), "37": (False, 12, 12),
     "41": (False, 8, 8), "42": (False, 15, 15), "49": (True, 3, 3), "60": (True, 1, 17), "61": (True, 1, 29),
 }  # fmt: skip
-BINARY_FIELD_BYTES_MAX = {"52": 16, "55": 255}  # F52: an 8-byte 3DES or 16-byte SM4 PIN block
+# F52: an 8-byte 3DES (or, in-process, 16-byte SM4) PIN block; F57: a 16-byte SM4 PIN block (GM)
+BINARY_FIELD_BYTES_MAX = {"52": 16, "55": 255, "57": 16}
 
 
 def message_key(request: dict[str, Any]) -> str:
@@ -53,6 +54,7 @@ def field_problem(request: dict[str, Any]) -> str | None:
     return None
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per json.dumps call
 BINARY_FIELDS = frozenset(key for key, spec in CUPS_POS.items() if spec.get("fmt") == "b")
 
 
@@ -66,7 +68,7 @@ def pack_response(fields: dict[str, Any]) -> bytes:
     '9102'
     """
     plain = {key: value.hex().upper() if key in BINARY_FIELDS else value for key, value in fields.items()}
-    return json.dumps(plain, separators=(",", ":")).encode("ascii")
+    return _COMPACT_JSON.encode(plain).encode("ascii")
 
 
 def unpack_response(raw: bytes) -> dict[str, Any]:

@@ -14,8 +14,11 @@ acquirer (0100/0200/0220/0400; pboc-notes §10):
    acquirer gets the answer; 0220/0400 from acquirers that cannot be delivered now are queued and
    acknowledged by the switch itself ("00"), the forwarder delivers them later.
 
-0500 settlement totals carry no PAN and are between a terminal and its acquirer host: the switch
-answers them "12" (invalid transaction) — settlement through the switch is not implemented.
+0500 settlement totals carry no PAN: the switch, as the terminal's acquirer host, asks every issuer
+endpoint (and, for a terminal's own 0500, every remote switch) for its totals of the terminal's batch
+(F41 + F42 + F60.2), adds them up and answers 00 when the sum equals the terminal's F63, 95 when
+not (F63 = the sum), 91 when an endpoint gives no totals. A 0500 forwarded by a peer switch (F33
+present) goes to local issuers only, so two switches never send it round in a loop.
 """
 
 from __future__ import annotations
@@ -33,13 +36,23 @@ from citycard.host.switch import codes, standin, store
 from citycard.host.switch.config import SwitchConfig
 from citycard.host.switch.links import EndpointDownError, LostInFlightError
 from citycard.host.switch.routing import Destination, RoutingTable
-from citycard.iso8583.builders import classify, parse_amount, response
+from citycard.iso8583.builders import (
+    classify,
+    parse_amount,
+    parse_settlement_totals,
+    response,
+    settlement_totals,
+)
+from citycard.iso8583.message import Iso8583Error
 
 log = logging.getLogger(__name__)
 
 DUPLICATE_TRANSMISSION = "94"  # the same F11+F41 is already in flight to the endpoint (ISO 8583)
 INVALID_TRANSACTION = "12"
 ROUTED_MTIS = frozenset({"0100", "0200", "0220", "0400"})
+SETTLEMENT_MTI = "0500"
+RECONCILE_ERROR = "95"  # ISO 8583 reconcile error: the totals differ (as the issuer answers)
+TOTALS_KEYS = ("debit_count", "debit_fen", "credit_count", "credit_fen")
 STORED_MTIS = frozenset({"0220", "0400"})
 
 
@@ -77,6 +90,8 @@ class Switch:
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         kind = classify(request)  # the server only hands over requests that classify
+        if kind.mti == SETTLEMENT_MTI:
+            return await self._settle(request)
         if kind.mti not in ROUTED_MTIS:
             return response(request, INVALID_TRANSACTION)
         pan = request.get("2")
@@ -107,6 +122,42 @@ class Switch:
             log.info("F11 %s: got a %s instead of the answer", request.get("11"), answer.get("t"))
             return await self._outage(request, forward, kind.name, destination, "timeout")
         return self._relay(request, answer)
+
+    async def _settle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """0500: the sum of every endpoint's totals of the terminal's batch against the terminal's F63."""
+        try:
+            theirs = parse_settlement_totals(request)
+        except Iso8583Error:
+            return response(request, codes.FORMAT_ERROR)
+        from_switch = bool(request.get("33"))
+        names = [e.name for e in self.config.endpoints if e.kind == "issuer" or not from_switch]
+        forward = {k: v for k, v in request.items() if k != "64"}
+        forward["33"] = self.config.switch.institution_id
+        parts = await asyncio.gather(*(self._totals_of(name, forward) for name in names))
+        if any(part is None for part in parts):
+            return response(request, codes.ISSUER_UNAVAILABLE)
+        ours = {key: sum(part[key] for part in parts if part is not None) for key in TOTALS_KEYS}
+        rc = codes.APPROVED if ours == theirs else RECONCILE_ERROR
+        try:
+            return response(request, rc, f63=settlement_totals(**ours))
+        except Iso8583Error:  # a sum past n3/n12: it cannot equal the terminal's totals either
+            return response(request, RECONCILE_ERROR)
+
+    async def _totals_of(self, endpoint: str, forward: dict[str, Any]) -> dict[str, int] | None:
+        """One endpoint's totals from its 0510 (F39 00 or 95, F63), or None (down, late, refused)."""
+        try:
+            answer = await self._links[endpoint].exchange(dict(forward))
+        except (EndpointDownError, LostInFlightError, ValueError) as exc:
+            log.info("0500 F11 %s to %s: %s", forward.get("11"), endpoint, exc)
+            return None
+        if answer.get("t") != "0510" or answer.get("39") not in (codes.APPROVED, RECONCILE_ERROR):
+            log.info("0500 F11 %s: %s answered %s F39 %s", forward.get("11"), endpoint, answer.get("t"),
+                     answer.get("39"))  # fmt: skip
+            return None
+        try:
+            return parse_settlement_totals(answer)
+        except Iso8583Error:
+            return None
 
     @staticmethod
     def _relay(request: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def advice_for(request: dict[str, Any], decision: Decision) -> dict[str, Any]:
     """
     if not decision.approved or decision.auth_code is None:
         raise ValueError("only a stand-in approval becomes an advice")
-    fields = {k: v for k, v in request.items() if k not in ("52", "26", "64", "35")}
+    fields = {k: v for k, v in request.items() if k not in ("52", "57", "26", "64", "35")}
     fields.update({"t": "0220", "39": decision.response_code, "38": decision.auth_code})
     builders.classify(fields)  # the advice must be a valid 0220 (processing code 000000)
     return fields
