@@ -2,7 +2,7 @@
 
 >>> from citycard.card.perso import list_profiles
 >>> list_profiles()
-['citizen-card-gm', 'pboc-debit-gm', 'pboc-debit-intl', 'pboc-ec-only-gm']
+['citizen-card-gm', 'citizen-card-intl', 'pboc-debit-gm', 'pboc-debit-intl', 'pboc-ec-only-gm']
 """
 
 from citycard.card.perso.prepare import (
