@@ -1,4 +1,4 @@
-"""`citycard selftest` (what `make demo` runs): every public vector passes, and a wrong one fails."""
+"""`citycard selftest`: every public vector passes, and a wrong one fails."""
 
 from __future__ import annotations
 
