@@ -126,7 +126,7 @@ def test_duplicate_upload_changes_nothing(engine, tapper, verifier) -> None:  # 
     assert totals(engine)["operator"] == before["operator"] == sum(AMOUNTS[:6])
 
 
-def test_balance_chain_break_and_out_of_order(engine, tapper, verifier) -> None:  # type: ignore[no-untyped-def]
+def test_balance_chain_break_and_a_late_tap(engine, tapper, verifier) -> None:  # type: ignore[no-untyped-def]
     card = tapper("GM")
     uploads = card.taps([100, 200, 300, 400])
     enrol(engine, card)
@@ -135,18 +135,19 @@ def test_balance_chain_break_and_out_of_order(engine, tapper, verifier) -> None:
     with write_transaction(engine) as conn:
         conn.execute(sa.update(Card).values(last_balance_fen=BALANCE_FEN - 300 + 1))
     result = intake(engine, "b2", [uploads[0], uploads[2], uploads[3]], keys=verifier, now=NOW)
-    assert (result.accepted, result.exceptions) == (1, 2)  # ATC 4 restarts the chain after the gap
+    # ATC 1 is a late tap that fits cleared ATC 2 (tests/clearing/test_late_taps.py); ATC 4
+    # restarts the chain after the gap
+    assert (result.accepted, result.exceptions) == (2, 1)
     items = {i.reason: i for i in exceptions(engine)}
-    assert set(items) == {"out_of_order", "balance_chain"}
+    assert set(items) == {"balance_chain"}
     assert items["balance_chain"].key.endswith(":0003")
     assert "≠ 9701 fen after ATC 2" in items["balance_chain"].detail
-    assert items["out_of_order"].key.endswith(":0001")
-    # the operator accepts the late-arriving ATC 1 after checking it: it posts once
-    assert handle_exception(engine, items["out_of_order"].id, action="accept", operator="bob") == "accepted"
+    # the operator accepts ATC 3 after checking it: it posts once
+    assert handle_exception(engine, items["balance_chain"].id, action="accept", operator="bob") == "accepted"
     with pytest.raises(ClearingError, match="already handled"):
-        handle_exception(engine, items["out_of_order"].id, action="accept", operator="bob")
+        handle_exception(engine, items["balance_chain"].id, action="accept", operator="bob")
     with engine.connect() as conn:
-        assert balance_fen(conn, operator_account(OPERATOR)) == 100 + 200 + 400
+        assert balance_fen(conn, operator_account(OPERATOR)) == 100 + 200 + 300 + 400
     totals(engine)
 
 

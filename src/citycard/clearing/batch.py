@@ -12,8 +12,16 @@ Per record, in this order (the first failing check names the exception):
 3. ``unknown_card`` — the card is not in ``known`` (not registered, or no EC ledger account);
 4. ``late`` — tapped more than :data:`LATE_AFTER` before clearing;
 5. ``forged`` — the TC or the IAD's EC balance MAC does not verify in the HSM;
-6. per card in ATC order: ``out_of_order`` — an ATC at or below the last cleared one;
-   ``balance_chain`` — the next ATC's balance before (after + amount) is not the last balance after;
+6. per card in ATC order: a tap above the card's last cleared ATC extends the chain —
+   ``balance_chain`` when it is the next ATC and its balance before (after + amount) is not the last
+   balance after; a tap BELOW it (not a duplicate, so never cleared: a validator that uploaded days
+   late) is a *late tap*, checked against its cleared (or accepted in this batch) neighbours —
+   ``balance_chain`` when the tap at ATC−1 has another balance after than this one's balance before,
+   or the tap at ATC+1 another balance before than this one's balance after (neighbours across an
+   ATC gap are not checked, as on the forward chain); an accepted late tap does not move the card's
+   last ATC and balance. ``out_of_order`` is left only for an ATC EQUAL to the last cleared one that
+   is not a duplicate (clearing state without its tap row: cannot be checked; never seen in normal
+   running) and for old queued rows;
    ``refund_unbacked`` — the tap's transit exit refund exceeds what the operator collected from the
    card (its cleared, unrefunded fares to that operator less the refunds already paid, plus the
    fares accepted earlier in this batch): held for the operator's handling.
@@ -87,6 +95,9 @@ class Known:
     # (card, operator) → fen the operator may still refund to the card: its cleared, unrefunded
     # fares less the exit refunds and corrections paid (only for cards with a refund in the batch).
     refundable: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # tap key ``PAN:PSN:ATC`` → (balance before, balance after) of the cleared taps next to the late
+    # taps of the batch (ATC ± 1 of each tap below its card's last cleared ATC; store.load_known).
+    neighbours: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +224,34 @@ def check_records(
     return out
 
 
+def late_neighbour_keys(card: str, atc: int) -> tuple[str, str]:
+    """The tap keys next to a late tap (ATC − 1, ATC + 1) whose balances it must fit.
+
+    >>> late_neighbour_keys("6235480000000001:01", 5)
+    ('6235480000000001:01:0004', '6235480000000001:01:0006')
+    """
+    return f"{card}:{atc - 1:04X}", f"{card}:{atc + 1:04X}"
+
+
+def _late_misfit(
+    card: str,
+    atc: int,
+    before: int,
+    after: int,
+    cleared: Mapping[str, tuple[int, int]],
+    late: Mapping[int, tuple[int, int]],
+) -> str | None:
+    """Why a late tap does not fit its neighbours (cleared, or late taps accepted in this batch)."""
+    below, above = late_neighbour_keys(card, atc)
+    prev = late.get(atc - 1) or cleared.get(below)
+    if prev is not None and prev[1] != before:
+        return f"late ATC {atc}: balance before {before} fen ≠ {prev[1]} fen after ATC {atc - 1}"
+    nxt = late.get(atc + 1) or cleared.get(above)
+    if nxt is not None and nxt[0] != after:
+        return f"late ATC {atc}: balance after {after} fen ≠ {nxt[0]} fen before ATC {atc + 1}"
+    return None
+
+
 def decide(
     checked: Sequence[Checked], uploads: Sequence[Mapping[str, Any]], *, known: Known
 ) -> tuple[list[tuple[ClearingRecord | Cleared, bool]], list[ClearingException]]:
@@ -265,13 +304,20 @@ def decide(
         refundable: dict[str, int] = {}  # operator → fen still refundable to this card
         if len(taps) > 1:
             taps.sort(key=lambda pair: pair[0].atc)
+        late: dict[int, tuple[int, int]] = {}  # ATC → (before, after) of late taps accepted here
         for record, position in taps:
             atc = record.atc
-            if last_atc is not None and atc <= last_atc:
+            before = record.balance_after_fen + record.amount_fen
+            is_late = state.last_atc is not None and atc < state.last_atc
+            if is_late:
+                why = _late_misfit(card, atc, before, record.balance_after_fen, known.neighbours, late)
+                if why is not None:
+                    reject(position, record.key, "balance_chain", why)
+                    continue
+            elif last_atc is not None and atc <= last_atc:
                 reject(position, record.key, "out_of_order", f"ATC {atc} after ATC {last_atc} was cleared")
                 continue
-            before = record.balance_after_fen + record.amount_fen
-            if (
+            elif (
                 last_atc is not None
                 and last_balance is not None
                 and atc == last_atc + 1
@@ -298,9 +344,12 @@ def decide(
                 )
                 continue
             refundable[op] = have - exit_refund + (0 if refunded else record.amount_fen)
-            # An ATC gap means online transactions (e.g. a 圈存 top-up) happened in between, so the
-            # chain restarts from this tap's MACed balance (UNCERTAIN: ATC gaps are not reconciled).
-            last_atc, last_balance = atc, record.balance_after_fen
+            if is_late:  # the chain's end stays the card's last cleared tap
+                late[atc] = (before, record.balance_after_fen)
+            else:
+                # An ATC gap means online transactions (e.g. a 圈存 top-up) happened in between, so the
+                # chain restarts from this tap's MACed balance (UNCERTAIN: ATC gaps are not reconciled).
+                last_atc, last_balance = atc, record.balance_after_fen
             accepted.append((record, refunded))
     return accepted, exceptions
 

@@ -32,6 +32,7 @@ from citycard.clearing.batch import (
     Known,
     decide,
     ec_account,
+    late_neighbour_keys,
     operator_account,
     postings_for,
     transfers_for,
@@ -137,6 +138,11 @@ _CARDS = bulk.per_backend(
         Card.card, Card.issuer, Card.last_atc, Card.last_balance_fen, Card.lost_at
     ).where(member(Card.__table__.c.card, "values"))
 )
+_NEIGHBOURS = bulk.per_backend(
+    lambda member: sa.select(Tap.key, Tap.amount_fen, Tap.balance_after_fen).where(
+        member(Tap.__table__.c.key, "values")
+    )
+)
 _OPENED = bulk.per_backend(
     lambda member: sa.select(ledger_accounts.c.code).where(member(ledger_accounts.c.code, "values"))
 )
@@ -160,7 +166,32 @@ def load_known_for(
     for chunk in _chunks(sorted(codes), KEYS_PER_QUERY_MAX):
         opened.update(conn.execute(bulk.for_conn(_OPENED, conn), {"values": chunk}).scalars())
     known_cards = {card: states[card] for code, card in codes.items() if code in opened}
-    return Known(known_cards, seen, now, refundable_fen(conn, sorted(refunding & set(known_cards))))
+    refundable = refundable_fen(conn, sorted(refunding & set(known_cards)))
+    return Known(known_cards, seen, now, refundable, _late_neighbours(conn, keys, known_cards))
+
+
+def _late_neighbours(
+    conn: Connection, keys: Sequence[str], cards: Mapping[str, CardState]
+) -> dict[str, tuple[int, int]]:
+    """Tap key → (balance before, balance after) of the cleared taps at ATC ± 1 of every key below
+    its card's last cleared ATC (a late tap's neighbours, batch.decide), by key in chunks."""
+    wanted: set[str] = set()
+    for key in keys:
+        card, _, atc_hex = key.rpartition(":")
+        state = cards.get(card)
+        if state is None or state.last_atc is None:
+            continue
+        try:
+            atc = int(atc_hex, 16)
+        except ValueError:
+            continue
+        if atc < state.last_atc:
+            wanted.update(late_neighbour_keys(card, atc))
+    out: dict[str, tuple[int, int]] = {}
+    for chunk in _chunks(sorted(wanted), KEYS_PER_QUERY_MAX):
+        for key, amount, after in conn.execute(bulk.for_conn(_NEIGHBOURS, conn), {"values": chunk}):
+            out[key] = (int(after) + int(amount), int(after))
+    return out
 
 
 def refundable_fen(conn: Connection, cards: Sequence[str]) -> dict[tuple[str, str], int]:
@@ -268,7 +299,9 @@ def _write_result(
         post_transfers(conn, chunk, layer=Layer.CLEARED)
     last: dict[str, tuple[int, int]] = {}
     for tap, _ in cleared:  # per card, the highest ATC accepted is the chain's new end
-        end = last.get(tap.card)
+        end, state = last.get(tap.card), cards[tap.card]
+        if state.last_atc is not None and tap.atc < state.last_atc:
+            continue  # a late tap (batch.decide) leaves the chain's end where it is
         if end is None or tap.atc > end[0]:
             last[tap.card] = (tap.atc, tap.balance_after_fen)
     chains = [(atc, balance, card) for card, (atc, balance) in sorted(last.items())]

@@ -480,10 +480,10 @@ def _forge(
 
 
 def _work_exceptions(engine: Any) -> dict[str, int]:
-    """The clearing desk works its queue: a tap that reached clearing after a later tap of the same
-    card (``out_of_order``: validators upload in any order) has a verified TC — accepted, or
-    refunded when it was made after the card's loss-report minute; duplicates and forgeries can
-    only be rejected."""
+    """The clearing desk works its queue: duplicates and forgeries can only be rejected. (Late taps —
+    validators upload in any order — clear by themselves when they fit their neighbours; an
+    ``out_of_order`` item, an ATC clearing cannot check, would be accepted, or refunded when made
+    after the card's loss-report minute.)"""
     from citycard.clearing.store import handle_exception
     from citycard.clearing.tables import Card, ExceptionItem
 
