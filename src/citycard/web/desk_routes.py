@@ -26,12 +26,12 @@ from citycard.web import messages, security, services
 from citycard.web.routes import (
     PREFIX,
     RowId,
-    _checked_form,
     _lang,
     _not_found,
     _platform_error_text,
     _render,
     _session,
+    _session_form,
 )
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -89,13 +89,10 @@ def _register(request: Request, values: dict[str, str], actor: str) -> int:
 
 @router.post("/register", name="console.register")
 async def register(request: Request) -> Response:
-    session = await _session(request)
-    if isinstance(session, Response):
-        return session
-    principal, token = session
-    form = await _checked_form(request, security.csrf_for_session(token), principal)
-    if isinstance(form, Response):
-        return form
+    posted = await _session_form(request)
+    if isinstance(posted, Response):
+        return posted
+    principal, token, form = posted
     values = {name: form.get(name, "").strip()[:FIELD_CHARS_MAX] for name in REGISTER_FIELDS}
     try:
         holder_id = await run_in_threadpool(_register, request, values, principal.actor)
@@ -129,13 +126,10 @@ def _issue_card(request: Request, cardholder_id: int, profile: str, actor: str) 
 
 @router.post("/cardholders/{cardholder_id}/cards", name="console.issue_card")
 async def issue_card(request: Request, cardholder_id: RowId) -> Response:
-    session = await _session(request)
-    if isinstance(session, Response):
-        return session
-    principal, token = session
-    form = await _checked_form(request, security.csrf_for_session(token), principal)
-    if isinstance(form, Response):
-        return form
+    posted = await _session_form(request)
+    if isinstance(posted, Response):
+        return posted
+    principal, _token, form = posted
     profile = form.get("profile", "citizen-card-gm")[:64]
     try:
         card_id = await run_in_threadpool(_issue_card, request, cardholder_id, profile, principal.actor)
@@ -223,13 +217,10 @@ def _unload(request: Request, card_id: int, app_id: str, actor: str) -> None:
 
 @router.post("/cards/{card_id}/applications/load", name="console.load_application")
 async def load_application(request: Request, card_id: RowId) -> Response:
-    session = await _session(request)
-    if isinstance(session, Response):
-        return session
-    principal, token = session
-    form = await _checked_form(request, security.csrf_for_session(token), principal)
-    if isinstance(form, Response):
-        return form
+    posted = await _session_form(request)
+    if isinstance(posted, Response):
+        return posted
+    principal, token, form = posted
     app_id = form.get("app_id", "")[:APP_ID_CHARS_MAX]
     try:
         app = applications.get_application(app_id)
@@ -258,13 +249,10 @@ async def load_application(request: Request, card_id: RowId) -> Response:
 
 @router.post("/cards/{card_id}/applications/{app_id}/unload", name="console.unload_application")
 async def unload_application(request: Request, card_id: RowId, app_id: str) -> Response:
-    session = await _session(request)
-    if isinstance(session, Response):
-        return session
-    principal, token = session
-    form = await _checked_form(request, security.csrf_for_session(token), principal)
-    if isinstance(form, Response):
-        return form
+    posted = await _session_form(request)
+    if isinstance(posted, Response):
+        return posted
+    principal, token, _form = posted
     app_id = app_id[:APP_ID_CHARS_MAX]
     try:
         await run_in_threadpool(_unload, request, card_id, app_id, principal.actor)

@@ -145,6 +145,19 @@ async def _session(request: Request) -> tuple[services.Principal, str] | Respons
     return principal, token
 
 
+async def _session_form(request: Request) -> tuple[services.Principal, str, dict[str, str]] | Response:
+    """A POST from a console page: the operator, the session token and the CSRF-checked form fields,
+    or the response to send instead (login, 403, 413)."""
+    session = await _session(request)
+    if isinstance(session, Response):
+        return session
+    principal, token = session
+    form = await _checked_form(request, security.csrf_for_session(token), principal)
+    if isinstance(form, Response):
+        return form
+    return principal, token, form
+
+
 async def _checked_form(
     request: Request, expected_csrf: str | None, principal: services.Principal | None
 ) -> dict[str, str] | Response:
@@ -272,13 +285,10 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout", name="console.logout")
 async def logout(request: Request) -> Response:
-    session = await _session(request)
-    if isinstance(session, Response):
-        return session
-    principal, token = session
-    form = await _checked_form(request, security.csrf_for_session(token), principal)
-    if isinstance(form, Response):
-        return form
+    posted = await _session_form(request)
+    if isinstance(posted, Response):
+        return posted
+    _principal, token, _form = posted
     await run_in_threadpool(services.logout, request, token)
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)
     response.delete_cookie(security.SESSION_COOKIE, path=security.COOKIE_PATH)
@@ -404,13 +414,10 @@ def _done_notice(
 
 @router.post("/cards/{card_id}/{action}", name="console.card_action")
 async def card_action(request: Request, card_id: RowId, action: str) -> Response:
-    session = await _session(request)
-    if isinstance(session, Response):
-        return session
-    principal, token = session
-    form = await _checked_form(request, security.csrf_for_session(token), principal)
-    if isinstance(form, Response):
-        return form
+    posted = await _session_form(request)
+    if isinstance(posted, Response):
+        return posted
+    principal, token, form = posted
     if action not in services.CONSOLE_ACTIONS:
         return _not_found(request, principal)
     try:
