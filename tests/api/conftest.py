@@ -63,25 +63,37 @@ class Live:
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=60, **kwargs)
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.service)])
-def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def serve_live(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    name: str,
+    lifespan: str = "off",
+) -> Iterator[Live]:
+    """The platform on a fresh database of ``request.param`` behind a real server, with the test
+    credentials; ``lifespan="on"`` also runs the server's background work (relay, blacklist publisher)."""
     if request.param == "postgresql":
         problem = dbtools.postgres_problem()
         require_service(problem is None, problem or "")
-    data_dir = tmp_path_factory.mktemp(f"api-{request.param}")
+    data_dir = tmp_path_factory.mktemp(f"{name}-{request.param}")
     with dbtools.fresh_database(request.param, data_dir) as url:
         engine = dbtools.migrated_engine(url)
         hsm = SoftHSM.open(data_dir / "hsm-keys.json", master_key_file=data_dir / "hsm-master.key")
         app = create_app(engine=engine, hsm=hsm, settings=ApiSettings(image_dir=data_dir / "cards"))
-        server, thread, base_url = start_server(app)
+        server, thread, base_url = start_server(app, lifespan=lifespan)
         live = Live(base_url=base_url, engine=engine, hsm=hsm, app=app, data_dir=data_dir)
         try:
             _credentials(live)
             yield live
         finally:
             server.should_exit = True
-            thread.join(timeout=10)
+            thread.join(timeout=30)
             engine.dispose()
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.service)])
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    yield from serve_live(request, tmp_path_factory, name="api")
 
 
 def _credentials(live: Live) -> None:

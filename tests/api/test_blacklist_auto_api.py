@@ -12,14 +12,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import sqlalchemy as sa
-from tests import dbtools
-from tests.api.conftest import Live, _credentials, active_card, new_key, post, resident_id
-from tests.conftest import require_service
-from tests.httpserver import start_server
+from tests.api.conftest import Live, active_card, new_key, post, resident_id, serve_live
 
-from citycard.api import ApiSettings, create_app
 from citycard.db import read_transaction
-from citycard.hsm import SoftHSM
 from citycard.kernel.params import ExceptionFile
 from citycard.platform import tables
 from citycard.platform.blacklist_format import apply_delta, decode_delta
@@ -30,23 +25,7 @@ REDACTED = {"redacted": "consent.missing"}
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.service)])
 def auto_live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    if request.param == "postgresql":
-        problem = dbtools.postgres_problem()
-        require_service(problem is None, problem or "")
-    data_dir = tmp_path_factory.mktemp(f"api-auto-{request.param}")
-    with dbtools.fresh_database(request.param, data_dir) as url:
-        engine = dbtools.migrated_engine(url)
-        hsm = SoftHSM.open(data_dir / "hsm-keys.json", master_key_file=data_dir / "hsm-master.key")
-        app = create_app(engine=engine, hsm=hsm, settings=ApiSettings(image_dir=data_dir / "cards"))
-        server, thread, base_url = start_server(app, lifespan="on")
-        live = Live(base_url=base_url, engine=engine, hsm=hsm, app=app, data_dir=data_dir)
-        try:
-            _credentials(live)
-            yield live
-        finally:
-            server.should_exit = True
-            thread.join(timeout=30)
-            engine.dispose()
+    yield from serve_live(request, tmp_path_factory, name="api-auto", lifespan="on")
 
 
 def _pan_psn(live: Live, card_id: int) -> tuple[str, str]:

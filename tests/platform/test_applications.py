@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select
+from tests.platform.card_rows import insert_card_row
 
 from citycard.card import load_card
 from citycard.db import utc_now, write_transaction
@@ -107,9 +108,6 @@ _holder_serial = iter(range(100, 1000))
 
 def add_card(engine, tmp_path: Path, source: tuple[Path, Any], *, state: str = "active") -> int:
     """A cardholder and a card row in platform_cards for a copy of a personalised image."""
-    path, prepared = source
-    image = tmp_path / f"card-{prepared.pan}.json"
-    shutil.copyfile(path, image)
     now = utc_now()
     with write_transaction(engine) as conn:
         holder = conn.execute(
@@ -126,27 +124,9 @@ def add_card(engine, tmp_path: Path, source: tuple[Path, Any], *, state: str = "
             )
             .returning(tables.cardholders.c.id)
         ).scalar_one()
-        return conn.execute(
-            insert(tables.cards)
-            .values(
-                cardholder_id=holder,
-                profile=prepared.profile,
-                issuer="citybank",
-                state=state,
-                dormant=False,
-                pan=prepared.pan,
-                psn=int(prepared.psn),
-                suite=prepared.suites[0].name,
-                expiry=prepared.expiry,
-                effective=prepared.effective,
-                image_path=str(image),
-                deposit_fen=0,
-                ec_initial_fen=0,
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(tables.cards.c.id)
-        ).scalar_one()
+        return insert_card_row(
+            conn, cardholder_id=holder, source=source, directory=tmp_path, now=now, state=state
+        )
 
 
 def image_of(engine, card_id: int) -> Path:

@@ -9,12 +9,12 @@ then read back from the image on disk by the desk over APDUs.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import insert, select
+from tests.platform.card_rows import insert_card_row
 
 from citycard.card import load_card
 from citycard.card.health import HealthApplication
@@ -105,9 +105,6 @@ _serial = iter(range(100, 1000))
 
 def issue(engine, tmp_path: Path, source: tuple[Path, Any]) -> tuple[int, dict[str, Any]]:
     """A cardholder and an active card row for a copy of a personalised image."""
-    path, prepared = source
-    image = tmp_path / f"card-{prepared.pan}.json"
-    shutil.copyfile(path, image)
     holder = {
         "name": "王小明",
         "id_number": f"33010619851201{next(_serial):03d}X",
@@ -125,27 +122,7 @@ def issue(engine, tmp_path: Path, source: tuple[Path, Any]) -> tuple[int, dict[s
             .values(**holder, created_by=ACTOR, created_at=now)
             .returning(tables.cardholders.c.id)
         ).scalar_one()
-        card_id = conn.execute(
-            insert(tables.cards)
-            .values(
-                cardholder_id=holder_id,
-                profile=prepared.profile,
-                issuer="citybank",
-                state="active",
-                dormant=False,
-                pan=prepared.pan,
-                psn=int(prepared.psn),
-                suite=prepared.suites[0].name,
-                expiry=prepared.expiry,
-                effective=prepared.effective,
-                image_path=str(image),
-                deposit_fen=0,
-                ec_initial_fen=0,
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(tables.cards.c.id)
-        ).scalar_one()
+        card_id = insert_card_row(conn, cardholder_id=holder_id, source=source, directory=tmp_path, now=now)
     return card_id, holder
 
 
