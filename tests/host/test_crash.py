@@ -77,16 +77,22 @@ async def _send_all(
 
 
 @pytest.mark.parametrize(
-    ("backend", "worker"), [("sqlite", "thread"), ("postgresql", "thread"), ("sqlite", "process")]
+    ("backend", "worker"),
+    [("sqlite", "thread"), ("postgresql", "thread"), ("sqlite", "process"), ("postgresql", "process-lanes")],
 )
 def test_kill_9_during_10000_authorisations(tmp_path, backend: str, worker: str) -> None:
+    """… also with two issuer processes side by side (``--lanes 2``): kill -9 of the server kills
+    both children, and the rerun still posts every approval exactly once."""
     if backend == "postgresql":
         problem = dbtools.postgres_problem()
         require_service(problem is None, problem or "")
     with dbtools.fresh_database(backend, tmp_path) as url:
         bank = HostDir(tmp_path, url)
         try:
-            _run_crash(bank, ("--worker", worker))
+            args = (
+                ("--worker", "process", "--lanes", "2") if worker == "process-lanes" else ("--worker", worker)
+            )
+            _run_crash(bank, args)
         finally:
             bank.close()
 

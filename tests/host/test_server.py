@@ -297,3 +297,65 @@ def test_switch_signs_on_as_forwarding_institution_under_its_zmk(suite) -> None:
         running.shutdown()
     assert server_hsm.has_session_key("mak:08019999") and not server_hsm.has_session_key("mak:SWITCH01")
     assert [r["11"] for r in handler.seen] == ["000061"]
+
+
+class LaneHost(ApprovingHost):
+    """An approving lane that records how many lanes are inside a batch at once (shared ``busy``)."""
+
+    def __init__(self, busy: dict[str, int], delay_s: float) -> None:
+        super().__init__(delay_s)
+        self.busy = busy
+        self.closed = False
+
+    async def handle_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        self.busy["now"] += 1
+        self.busy["max"] = max(self.busy["max"], self.busy["now"])
+        try:
+            return await super().handle_batch(requests)
+        finally:
+            self.busy["now"] -= 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_lanes_keep_each_terminal_in_one_lane_and_run_side_by_side(suite) -> None:
+    """Two lanes: every terminal's requests reach exactly one lane (crc32(F41) mod 2), both lanes
+    work, their batches overlap, every request is answered in order, and shutdown closes both."""
+    busy = {"now": 0, "max": 0}
+    lanes = [LaneHost(busy, delay_s=0.05), LaneHost(busy, delay_s=0.05)]
+    server = HostServer(lanes[0], lanes=lanes[1:], hsm=_hsm(suite), institution_id="08010000",
+                        require_mac=False)  # fmt: skip
+    running = RunningServer(server)
+    terminals = [builders.Terminal(terminal_id=f"T{i:07d}", merchant_id=f"M{i:014d}") for i in range(8)]
+
+    async def one_terminal(terminal: builders.Terminal) -> list[dict[str, Any]]:
+        async with AsyncHostClient("127.0.0.1", running.port) as client:
+            requests = [purchase(300 + i, 300 + i, terminal=terminal) for i in range(12)]
+            return await asyncio.gather(*(client.exchange(r) for r in requests))
+
+    async def go() -> list[list[dict[str, Any]]]:
+        return await asyncio.gather(*(one_terminal(t) for t in terminals))
+
+    try:
+        answers = asyncio.run(go())
+    finally:
+        running.shutdown()
+    for terminal, got in zip(terminals, answers, strict=True):
+        assert [a["11"] for a in got] == [f"{300 + i:06d}" for i in range(12)]
+        assert all(a["39"] == "00" and a["41"] == terminal.terminal_id for a in got)
+    seen_by = [{r["41"] for r in lane.seen} for lane in lanes]
+    assert len(seen_by[0]) == len(seen_by[1]) == 4 and not seen_by[0] & seen_by[1]  # least-loaded lane
+    assert seen_by[0] | seen_by[1] == {t.terminal_id for t in terminals}
+    assert sum(len(lane.seen) for lane in lanes) == 8 * 12
+    assert busy["max"] == 2  # the lanes' batches overlapped
+    assert all(lane.closed for lane in lanes)
+
+
+def test_lanes_are_bounded() -> None:
+    from citycard.host.server import LANES_MAX
+
+    with pytest.raises(ValueError, match="lanes"):
+        HostServer(
+            ApprovingHost(), lanes=[ApprovingHost()] * LANES_MAX, hsm=_hsm(INTL), institution_id="08010000"
+        )

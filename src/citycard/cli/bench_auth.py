@@ -79,6 +79,7 @@ class Setup:
     cards_by_terminal: list[list[Any]]
     stan: list[int] = field(default_factory=list)
     worker: str = "thread"
+    lanes: int = 1
 
 
 def prepare(directory: Path, url: str, *, issuer_name: str, cards: int, terminals: int) -> Setup:
@@ -128,7 +129,8 @@ def start_server(setup: Setup) -> tuple[subprocess.Popen[str], int]:
     log = (setup.directory / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "citycard.cli.main", "host", "serve", "--issuer", setup.issuer, "--port", "0",
-         "--db", setup.url, "--data-dir", str(setup.directory), "--verbose", "--worker", setup.worker],
+         "--db", setup.url, "--data-dir", str(setup.directory), "--verbose", "--worker", setup.worker,
+         "--lanes", str(setup.lanes)],
         stdout=subprocess.PIPE, stderr=log, text=True, env=env,
     )  # fmt: skip
     deadline = time.monotonic() + SERVER_START_S
@@ -231,6 +233,15 @@ def cpu_seconds(pids: list[int]) -> float | None:
     return total / CPU_TICKS_PER_S if seen else None
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine spent busy (all cores; /proc/stat minus idle and iowait)."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CPU_TICKS_PER_S
+
+
 def database_pids(url: str) -> list[int]:
     """The PostgreSQL backends serving the benchmark's database when the server runs on this machine
     (their /proc entries exist); [] for SQLite (its work is inside the host process)."""
@@ -282,12 +293,21 @@ async def drive(
             server_pids = process_tree(server_pid) if server_pid is not None else []
             db_pids = database_pids(setup.url)
             cpu_before = cpu_seconds(server_pids), cpu_seconds(db_pids)
+            client_before, machine_before = time.process_time(), machine_busy_seconds()
             result = await timed_run(clients, messages, seconds=seconds, depth=depth)
+            client_cpu, machine_after = time.process_time() - client_before, machine_busy_seconds()
             cpu_after = cpu_seconds(server_pids), cpu_seconds(db_pids)
             result["server_cpu_us_per_auth"] = cpu_per_auth_us(
                 cpu_before[0], cpu_after[0], result["answered"]
             )
             result["db_cpu_us_per_auth"] = cpu_per_auth_us(cpu_before[1], cpu_after[1], result["answered"])
+            # the load generator's own CPU (it shares the machine: what it takes, the server lacks)
+            result["client_cpu_us_per_auth"] = cpu_per_auth_us(0.0, client_cpu, result["answered"])
+            # everything busy on the machine per answer (with neighbours' work, if any): near
+            # cores × 1e6 / auth_per_s the run was CPU-bound, well below it latency-bound
+            result["machine_cpu_us_per_auth"] = cpu_per_auth_us(
+                machine_before, machine_after, result["answered"]
+            )
             result["load_average"] = [round(x, 2) for x in os.getloadavg()]
             console.log(f"run {run + 1}: {result['auth_per_s']:,.0f}/s p50 {result['p50_ms']} ms "
                         f"p99 {result['p99_ms']} ms errors {result['errors']} "
@@ -340,6 +360,7 @@ def run_bench(
     issuer: str,
     quiet: bool,
     worker: str = "thread",
+    lanes: int = 1,
 ) -> dict[str, Any]:
     console = Console(stderr=True, quiet=quiet)
     with tempfile.TemporaryDirectory(prefix="citycard-bench-auth-") as tmp:
@@ -349,7 +370,7 @@ def run_bench(
         try:
             console.log(f"set-up: {cards} cards, {terminals} terminals on {db.value}")
             setup = prepare(directory, url, issuer_name=issuer, cards=cards, terminals=terminals)
-            setup.worker = worker
+            setup.worker, setup.lanes = worker, lanes
             proc, port = start_server(setup)
             results = asyncio.run(
                 drive(setup, port, seconds=seconds, depth=depth, runs=runs, console=console,
@@ -375,6 +396,8 @@ def run_bench(
         "p99_ms": median("p99_ms"),
         "server_cpu_us_per_auth": median("server_cpu_us_per_auth"),
         "db_cpu_us_per_auth": median("db_cpu_us_per_auth"),
+        "client_cpu_us_per_auth": median("client_cpu_us_per_auth"),
+        "machine_cpu_us_per_auth": median("machine_cpu_us_per_auth"),
         "errors": sum(r["errors"] for r in results),
         "db": db.value,
         "seconds": seconds,
@@ -382,6 +405,7 @@ def run_bench(
         "depth": depth,
         "cards": cards,
         "worker": worker,
+        "lanes": lanes,
         "runs": results,
         "server_exit": server_exit,
         "server": server_stats,
@@ -407,6 +431,9 @@ def auth_command(
     worker: Annotated[
         str, typer.Option("--worker", help="host serve --worker: thread or process.")
     ] = "thread",
+    lanes: Annotated[
+        int, typer.Option("--lanes", help="host serve --lanes: issuer workers side by side.")
+    ] = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print only the JSON result.")] = False,
 ) -> None:
     """Authorisations/s over TCP through `citycard host serve` (ARQC verified, ledger posted, committed).
@@ -426,11 +453,13 @@ def auth_command(
         fail(f"--cards must be {terminals}..100000 (at least one card per terminal), got {cards}")
     if worker not in ("thread", "process"):
         fail(f"--worker must be thread or process, got {worker!r}")
+    if not 1 <= lanes <= 16:
+        fail(f"--lanes must be 1..16, got {lanes}")
     if not 1 <= runs <= 20:
         fail(f"--runs must be 1..20, got {runs}")
     try:
         result = run_bench(db, seconds=seconds, terminals=terminals, depth=depth, cards=cards, runs=runs,
-                           issuer=issuer, quiet=json_output, worker=worker)  # fmt: skip
+                           issuer=issuer, quiet=json_output, worker=worker, lanes=lanes)  # fmt: skip
     except (OSError, RuntimeError) as exc:
         fail(str(exc))
     for run in result["runs"]:

@@ -157,15 +157,26 @@ def serve(
         WorkerChoice,
         typer.Option("--worker", help="Run the issuer's batches in a child process or a thread."),
     ] = WorkerChoice.thread,
+    lanes: Annotated[
+        int,
+        typer.Option(
+            "--lanes",
+            help="Issuer workers side by side, each taking the batches of its own terminals "
+            "(crc32(F41) mod N); with --worker process each is a process of its own.",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the issuer NAME over ISO 8583/TCP until SIGTERM; prints "listening on HOST:PORT"."""
-    from citycard.host.server import QUEUE_MAX, HostServer, threaded
+    from citycard.host.issuer import IssuerHost
+    from citycard.host.server import LANES_MAX, QUEUE_MAX, HostServer, threaded
     from citycard.host.worker import ProcessHandler, WorkerError
 
     if not 0 <= port <= 65_535:
         fail(f"--port must be 0..65535, got {port}")
     if not 1 <= batch_max <= QUEUE_MAX:
         fail(f"--batch-max must be 1..{QUEUE_MAX}, got {batch_max}")
+    if not 1 <= lanes <= LANES_MAX:
+        fail(f"--lanes must be 1..{LANES_MAX}, got {lanes}")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     _use_data_dir(data_dir)
@@ -174,16 +185,23 @@ def serve(
     # cost up to 5 ms of waiting (the convoy effect). A short interval keeps batches short.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     issuer_host, hsm = open_issuer(issuer, db=db, data_dir=data_dir)
+    handlers: list[Any] = []
     if worker is WorkerChoice.process:
-        issuer_host.engine.dispose()  # the child opens its own connections
+        issuer_host.engine.dispose()  # the children open their own connections
         try:
-            handler: Any = ProcessHandler("citycard.cli.host:issuer_worker", issuer, db, data_dir)
+            for _ in range(lanes):
+                handlers.append(ProcessHandler("citycard.cli.host:issuer_worker", issuer, db, data_dir))
         except WorkerError as exc:
+            for started in handlers:
+                started.close()
             fail(str(exc))
-    else:
-        handler = threaded(issuer_host)
+    else:  # one IssuerHost per lane (its own batch state), sharing the engine's pool and the HSM
+        handlers.append(threaded(issuer_host))
+        for _ in range(lanes - 1):
+            handlers.append(threaded(IssuerHost(issuer_host.config, engine=issuer_host.engine, hsm=hsm)))
     server = HostServer(
-        handler,
+        handlers[0],
+        lanes=handlers[1:],
         hsm=hsm,
         host=host,
         port=port,

@@ -19,6 +19,14 @@ One :class:`HostServer` listens on TCP. Per connection it reads 2-byte-length fr
 * every other request is queued; a dispatcher hands whatever has arrived (up to ``batch_max``) to
   the handler as one batch and sends the answers, MACed under the peer's MAK when it has one. One
   connection may have many requests outstanding; clients match answers on F11 + F41.
+* lanes: with several handlers (``lanes``, e.g. one issuer process each) every request goes to the
+  lane of its terminal (F41): a terminal seen for the first time joins the lane with the fewest
+  terminals and stays there while the server runs (a hash of F41 would leave lanes uneven for a
+  few terminals with sequential ids). Each lane runs its own batches, one at a time.
+  So the batches of different terminals overlap (one lane's SQL waits while another's Python runs),
+  while all messages of one terminal stay in one ordered lane: an original and its reversal (the
+  same F41/F42/F11) can never be in two concurrent batches, each blind to the other's uncommitted
+  work. A card used at two terminals at once is serialised by the issuer's row locks.
 
 The peer of a message is its forwarding institution F33 when present (a switch), else its
 terminal F41; its master key is ``zmk:<F33>`` or ``tmk:<F41>`` in the HSM. Session keys live in
@@ -36,7 +44,8 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -50,6 +59,8 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX = 256  # requests handed to the handler at once
 BATCHES_IN_FLIGHT_MAX = 64  # batches a network-bound handler (the switch) may run at once
+LANES_MAX = 16  # handlers (issuer processes) side by side; more only adds lock waits on 2 cores
+LANE_TERMINALS_MAX = 1_000_000  # terminals remembered with their lane; later ones go by crc32(F41)
 QUEUE_MAX = 8_192  # requests waiting for the handler; readers pause (TCP backpressure) beyond it
 CONNECTIONS_MAX = 1_024
 READ_CHUNK = 65_536
@@ -197,12 +208,17 @@ class HostServer:
         on_batch: Callable[[int], None] | None = None,
         pin_keys: Mapping[str, str] | None = None,
         batches_in_flight: int = 1,
+        lanes: Sequence[Handler] = (),
     ) -> None:
         if not 1 <= batch_max <= QUEUE_MAX:
             raise ValueError(f"batch_max must be 1..{QUEUE_MAX}, got {batch_max}")
         if not 1 <= batches_in_flight <= BATCHES_IN_FLIGHT_MAX:
             raise ValueError(f"batches_in_flight must be 1..{BATCHES_IN_FLIGHT_MAX}, got {batches_in_flight}")
+        if 1 + len(lanes) > LANES_MAX:
+            raise ValueError(f"at most {LANES_MAX} lanes, got {1 + len(lanes)}")
         self.handler = handler
+        # lane 0 is ``handler``; ``lanes`` are more handlers of the same kind (see the module note)
+        self.handlers: tuple[Handler, ...] = (handler, *lanes)
         self.hsm = hsm
         self.host = host
         self.port = port
@@ -217,22 +233,27 @@ class HostServer:
         self._on_batch = on_batch
         self.pin_keys = dict(pin_keys or {})  # suite name → label of the PIN key F52 is translated to
         self._queue_max = queue_max
-        self._queue: asyncio.Queue[_Item] | None = None
+        self._queues: list[asyncio.Queue[_Item]] = []
         self._server: asyncio.base_events.Server | None = None
-        self._dispatcher: asyncio.Task[None] | None = None
+        self._dispatchers: list[asyncio.Task[None]] = []
         self._connections: set[_Connection] = set()
         self._closed: asyncio.Event | None = None
         self._stopping = False
         self._in_batch = 0
+        self._lane_of_terminal: dict[str, int] = {}
+        self._terminals_in_lane = [0] * len(self.handlers)
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> int:
         """Bind and start serving; returns the bound port."""
-        self._queue = asyncio.Queue(self._queue_max)
+        self._queues = [asyncio.Queue(self._queue_max) for _ in self.handlers]
         self._closed = asyncio.Event()
         self._server = await asyncio.start_server(self._on_connect, self.host, self.port, limit=READ_CHUNK)
         self.port = self._server.sockets[0].getsockname()[1]
-        self._dispatcher = asyncio.create_task(self._dispatch(), name="host-dispatcher")
+        self._dispatchers = [
+            asyncio.create_task(self._dispatch(lane), name=f"host-dispatcher-{lane}")
+            for lane in range(len(self.handlers))
+        ]
         log.info("listening on %s:%d (institution %s)", self.host, self.port, self.institution_id)
         return self.port
 
@@ -260,7 +281,7 @@ class HostServer:
                 await self._closed.wait()
             return
         self._stopping = True
-        assert self._queue is not None and self._closed is not None
+        assert self._queues and self._closed is not None
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):  # no new requests; the ones read stay queued
@@ -268,12 +289,12 @@ class HostServer:
                 conn.reader_task.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
-        while (self._queue.qsize() or self._in_batch) and loop.time() < deadline:
+        while (any(q.qsize() for q in self._queues) or self._in_batch) and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
+        for dispatcher in self._dispatchers:
+            dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+                await dispatcher
         for conn in list(self._connections):
             with contextlib.suppress(ConnectionError, OSError):
                 await asyncio.wait_for(conn.writer.drain(), timeout=max(0.1, deadline - loop.time()))
@@ -281,11 +302,12 @@ class HostServer:
         if self._server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
-        close = getattr(self.handler, "close", None)
-        if asyncio.iscoroutinefunction(close):
-            await close()
-        elif callable(close):  # e.g. the threaded adapter: waits for its worker thread
-            await loop.run_in_executor(None, close)
+        for handler in self.handlers:
+            close = getattr(handler, "close", None)
+            if asyncio.iscoroutinefunction(close):
+                await close()
+            elif callable(close):  # e.g. the threaded adapter: waits for its worker thread
+                await loop.run_in_executor(None, close)
         log.info("shut down: %s", self.stats)
         self._closed.set()
 
@@ -360,10 +382,26 @@ class HostServer:
             if rc is not None:
                 self._send(conn, response(fields, rc), mac=True)
                 return True
-        assert self._queue is not None
+        assert self._queues
         conn.outstanding += 1
-        await self._queue.put(_Item(conn, fields))
+        await self._queues[self._lane_of(fields)].put(_Item(conn, fields))
         return True
+
+    def _lane_of(self, fields: dict[str, Any]) -> int:
+        """The lane of the request's terminal (F41): all of one terminal's messages in one lane."""
+        lanes = len(self._queues)
+        terminal = fields.get("41")
+        if lanes == 1 or not isinstance(terminal, str):
+            return 0
+        lane = self._lane_of_terminal.get(terminal)
+        if lane is None:
+            if len(self._lane_of_terminal) >= LANE_TERMINALS_MAX:
+                return zlib.crc32(terminal.encode()) % lanes  # never in the table: stable too
+            counts = self._terminals_in_lane
+            lane = counts.index(min(counts))
+            counts[lane] += 1
+            self._lane_of_terminal[terminal] = lane
+        return lane
 
     # --- MAC and network management -----------------------------------------------------------
     def _mak_label(self, fields: dict[str, Any]) -> str | None:
@@ -484,9 +522,8 @@ class HostServer:
         body = fast.encode({**answer, "64": bytes(MAC_BYTES)})[:-MAC_BYTES]
         return body + self.hsm.session_mac(label, body)
 
-    async def _dispatch(self) -> None:
-        assert self._queue is not None
-        queue = self._queue
+    async def _dispatch(self, lane: int) -> None:
+        queue, handler = self._queues[lane], self.handlers[lane]
         slots = asyncio.Semaphore(self.batches_in_flight)
         running: set[asyncio.Task[None]] = set()
         while True:
@@ -496,17 +533,17 @@ class HostServer:
             await slots.acquire()
             self._in_batch += len(items)  # shutdown waits until this is back to 0
             if self.batches_in_flight == 1:
-                await self._run_batch(items, slots)
+                await self._run_batch(handler, items, slots)
                 continue
-            task = asyncio.create_task(self._run_batch(items, slots))
+            task = asyncio.create_task(self._run_batch(handler, items, slots))
             running.add(task)
             task.add_done_callback(running.discard)
 
-    async def _run_batch(self, items: list[_Item], slots: asyncio.Semaphore) -> None:
+    async def _run_batch(self, handler: Handler, items: list[_Item], slots: asyncio.Semaphore) -> None:
         started = time.perf_counter()
         try:
             try:
-                answers = await self.handler.handle_batch([item.fields for item in items])
+                answers = await handler.handle_batch([item.fields for item in items])
                 if len(answers) != len(items):
                     raise RuntimeError(f"handler gave {len(answers)} answers for {len(items)} requests")
             except Exception:  # the handler failed: every request of the batch gets "96"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from citycard.ledger.chains import promote, reverse
 from citycard.ledger.invariants import check_invariants
-from citycard.ledger.journal import open_account, post, post_many
+from citycard.ledger.journal import AccountCache, open_account, post, post_many
 from citycard.ledger.model import (
     AMOUNT_FEN_MAX,
     DEFAULT_BALANCE_SLOTS,
@@ -45,6 +45,7 @@ __all__ = [
     "LINES_PER_POSTING_MAX",
     "POSTINGS_PER_BATCH_MAX",
     "AccountBalance",
+    "AccountCache",
     "AccountKind",
     "InsufficientFunds",
     "InvalidPosting",

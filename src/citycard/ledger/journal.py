@@ -78,6 +78,44 @@ class _Account:
     balance_slots: int
 
 
+class AccountCache:
+    """Account rows (id, no-negative flag, balance slots) a long-lived writer already looked up.
+
+    Those three never change once an account is open, so a writer that posts to the same accounts
+    batch after batch (the issuer host) need not look them up every time. Rows found during a
+    transaction wait in ``pending`` until :meth:`committed` (a row of an account opened in a
+    transaction that then rolled back must never be reused); :meth:`rolled_back` drops them. One
+    cache per writer and database: ids of another database mean nothing here.
+
+    >>> cache = AccountCache()
+    >>> cache.pending["a"] = _Account(7, False, 1)
+    >>> cache.get("a") is None, len(cache)
+    (True, 0)
+    >>> cache.committed(); cache.get("a").id, len(cache)
+    (7, 1)
+    """
+
+    def __init__(self, limit: int = 1_000_000) -> None:
+        self.limit = limit  # about 100 bytes a row; past it the cache starts over
+        self._rows: dict[str, _Account] = {}
+        self.pending: dict[str, _Account] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, code: str) -> _Account | None:
+        return self._rows.get(code)
+
+    def committed(self) -> None:
+        if len(self._rows) + len(self.pending) > self.limit:
+            self._rows.clear()
+        self._rows.update(self.pending)
+        self.pending.clear()
+
+    def rolled_back(self) -> None:
+        self.pending.clear()
+
+
 class FollowerTakenError(Exception):
     """Internal (:mod:`.chains`): another transaction reversed or promoted the same posting first."""
 
@@ -195,10 +233,22 @@ def open_account(
         )
 
 
-def _accounts(conn: Connection, codes: Iterable[str]) -> dict[str, _Account]:
-    """Look codes up; raise :class:`UnknownAccount` naming every code never opened."""
-    wanted = sorted(set(codes))
+def _accounts(
+    conn: Connection, codes: Iterable[str], cache: AccountCache | None = None
+) -> dict[str, _Account]:
+    """Look codes up (those not in ``cache``); raise :class:`UnknownAccount` naming every code never opened."""
     found: dict[str, _Account] = {}
+    if cache is None:
+        wanted = sorted(set(codes))
+    else:
+        wanted = []
+        for code in set(codes):
+            row = cache.get(code)
+            if row is None:
+                wanted.append(code)
+            else:
+                found[code] = row
+        wanted.sort()
     for start in range(0, len(wanted), CODES_PER_QUERY_MAX):
         chunk = wanted[start : start + CODES_PER_QUERY_MAX]
         for row in conn.execute(bulk.for_conn(_LOOKUP, conn), {"codes": chunk}):
@@ -206,6 +256,8 @@ def _accounts(conn: Connection, codes: Iterable[str]) -> dict[str, _Account]:
     missing = [code for code in wanted if code not in found]
     if missing:
         raise UnknownAccount(f"unknown account{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    if cache is not None:
+        cache.pending.update((code, found[code]) for code in wanted)
     return found
 
 
@@ -232,10 +284,13 @@ def post(conn: Connection, request: PostingRequest) -> PostResult:
     return post_many(conn, [request])[0]
 
 
-def post_many(conn: Connection, requests: Sequence[PostingRequest]) -> list[PostResult]:
+def post_many(
+    conn: Connection, requests: Sequence[PostingRequest], *, account_cache: AccountCache | None = None
+) -> list[PostResult]:
     """Post several requests with one round of batched SQL; all of them or (on an error) none.
 
-    The no-negative rule is checked on the batch's net effect per account.
+    The no-negative rule is checked on the batch's net effect per account. ``account_cache``: the
+    caller's :class:`AccountCache` (it calls ``committed``/``rolled_back`` after its transaction).
     """
     if len(requests) > POSTINGS_PER_BATCH_MAX:
         raise InvalidPosting(f"{len(requests)} postings in one batch; limit {POSTINGS_PER_BATCH_MAX}")
@@ -252,10 +307,12 @@ def post_many(conn: Connection, requests: Sequence[PostingRequest]) -> list[Post
                 _entries(request.lines, request.layer),
             )
         )
-    return write_drafts(conn, drafts)
+    return write_drafts(conn, drafts, account_cache=account_cache)
 
 
-def write_drafts(conn: Connection, drafts: Sequence[Draft]) -> list[PostResult]:
+def write_drafts(
+    conn: Connection, drafts: Sequence[Draft], *, account_cache: AccountCache | None = None
+) -> list[PostResult]:
     """Write checked drafts: claim keys, move balances, store lines. Writes nothing if it raises."""
     if not drafts:
         return []
@@ -267,7 +324,7 @@ def write_drafts(conn: Connection, drafts: Sequence[Draft]) -> list[PostResult]:
             raise PostingConflict(
                 f"posting key {draft.key!r} appears twice in the batch with different lines"
             )
-    accounts = _accounts(conn, (e.account for d in unique.values() for e in d.entries))
+    accounts = _accounts(conn, (e.account for d in unique.values() for e in d.entries), account_cache)
 
     now = utc_now()
     rows = [

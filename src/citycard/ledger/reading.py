@@ -74,7 +74,12 @@ def _sums(conn: Connection, codes: Sequence[str], layer: Layer | None) -> dict[s
     found: dict[str, int] = {}
     for start in range(0, len(wanted), CODES_PER_QUERY_MAX):
         chunk = wanted[start : start + CODES_PER_QUERY_MAX]
-        for code, total in conn.execute(query, {**params, "codes": chunk}):
+        rows = (
+            bulk.custom_plan_rows(conn, query, {**params, "codes": chunk})
+            if bulk.is_postgresql(conn)
+            else conn.execute(query, {**params, "codes": chunk})
+        )
+        for code, total in rows:
             found[code] = int(total)
     missing = [code for code in wanted if code not in found]
     if missing:

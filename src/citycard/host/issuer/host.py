@@ -51,7 +51,16 @@ from citycard.host.issuer.wire import (
 from citycard.hsm import SoftHSM
 from citycard.iso8583 import builders
 from citycard.iso8583.message import Iso8583Error
-from citycard.ledger import AccountKind, LedgerError, balances, bulk, open_account, post_many, reverse
+from citycard.ledger import (
+    AccountCache,
+    AccountKind,
+    LedgerError,
+    balances,
+    bulk,
+    open_account,
+    post_many,
+    reverse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +138,7 @@ class IssuerHost(IssuerAdmin, RelatedMessages):
         self.hsm = hsm
         self._env = Env(config, hsm)
         self._known_accounts: set[str] = set()  # ledger accounts known to exist (after a commit)
+        self._account_cache = AccountCache()  # their ledger rows, so posting needs no lookup
 
     def __repr__(self) -> str:
         return f"IssuerHost({self.config.name}, bins={','.join(self.config.bins)})"
@@ -181,16 +191,21 @@ class IssuerHost(IssuerAdmin, RelatedMessages):
     def _attempt(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         batch = Batch(now=dt.datetime.now(dt.UTC))
         messages = [self._parse(i, request) for i, request in enumerate(requests)]
-        with write_transaction(self.engine) as conn:
-            self._load_answered(conn, messages)
-            live = [m for m in messages if not m.duplicate and m.response is None]
-            self._load_cards(conn, batch, live)
-            for msg in live:
-                self._run(msg, batch)
-            self._finish_pending(conn, batch, live)
-            for msg in live:
-                self._respond(msg)
-            self._write(conn, batch, messages)
+        try:
+            with write_transaction(self.engine) as conn:
+                self._load_answered(conn, messages)
+                live = [m for m in messages if not m.duplicate and m.response is None]
+                self._load_cards(conn, batch, live)
+                for msg in live:
+                    self._run(msg, batch)
+                self._finish_pending(conn, batch, live)
+                for msg in live:
+                    self._respond(msg)
+                self._write(conn, batch, messages)
+        except BaseException:
+            self._account_cache.rolled_back()
+            raise
+        self._account_cache.committed()
         self._known_accounts |= set(batch.new_accounts)
         for msg in messages:
             if msg.duplicate_of is not None:
@@ -298,7 +313,13 @@ class IssuerHost(IssuerAdmin, RelatedMessages):
         pans = sorted({m.pan for m in messages if m.pan is not None})
         if not pans:
             return
-        for row in conn.execute(bulk.for_conn(_CARDS, conn), {"issuer": self.config.name, "pans": pans}):
+        params = {"issuer": self.config.name, "pans": pans}
+        rows = (  # unprepared on PostgreSQL: see ledger.bulk.custom_plan_rows
+            bulk.custom_plan_rows(conn, _CARDS[True], params)
+            if bulk.is_postgresql(conn)
+            else conn.execute(_CARDS[False], params)
+        )
+        for row in rows:
             batch.cards[(row.pan, row.psn)] = CardState(
                 id=row.id, pan=row.pan, psn=row.psn, expiry=row.expiry, suite=SUITES_BY_NAME[row.suite],
                 status=row.status, pvv=row.pvv, pin_tries=row.pin_tries, atc_max=row.atc_max,
@@ -370,7 +391,7 @@ class IssuerHost(IssuerAdmin, RelatedMessages):
             )
         postings = [m.posting for m in messages if m.posting is not None and m.rc == codes.APPROVED]
         if postings:
-            post_many(conn, postings)
+            post_many(conn, postings, account_cache=self._account_cache)
         for msg in messages:
             if msg.reverse_key:
                 reverse(
