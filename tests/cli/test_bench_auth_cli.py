@@ -24,6 +24,10 @@ def test_bench_auth_short_run(citycard, db: str, monkeypatch: pytest.MonkeyPatch
     assert figures["auth_per_s"] > 0 and 0 < figures["p50_ms"] <= figures["p99_ms"]
     assert figures["errors"] == 0 and figures["runs"][0]["approved"] > 0
     assert figures["ledger_invariants"] == [] and figures["server_exit"] == 0
+    # PostgreSQL runs two issuer processes side by side by default; SQLite one thread
+    expected = ("process", 2) if db == "postgresql" else ("thread", 1)
+    assert (figures["worker"], figures["lanes"]) == expected
+    assert figures["client_cpu_us_per_auth"] > 0 and figures["machine_cpu_us_per_auth"] > 0
 
 
 def test_bench_auth_rejects_bad_options(citycard) -> None:
@@ -31,3 +35,5 @@ def test_bench_auth_rejects_bad_options(citycard) -> None:
     assert result.code == 2 and "--cards" in result.err
     result = citycard("bench", "auth", "--seconds", "0")
     assert result.code == 2 and "--seconds" in result.err
+    result = citycard("bench", "auth", "--lanes", "17")
+    assert result.code == 2 and "--lanes must be 1..16, got 17" in result.err

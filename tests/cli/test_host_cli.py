@@ -110,6 +110,8 @@ def test_serve_rejects_bad_options(citycard, tmp_path: Path) -> None:
     assert bad.code == 2 and "nobank" in bad.err
     port = citycard("host", "serve", "--issuer", "citybank", "--port", "70000", "--data-dir", str(tmp_path))
     assert port.code == 2 and "--port" in port.err
+    lanes = citycard("host", "serve", "--issuer", "citybank", "--lanes", "0", "--data-dir", str(tmp_path))
+    assert lanes.code == 2 and "--lanes must be 1..16, got 0" in lanes.err
 
 
 def _children(pid: int) -> list[int]:

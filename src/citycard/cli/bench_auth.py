@@ -429,11 +429,20 @@ def auth_command(
         str, typer.Option("--issuer", help="Issuer from data/hosts/issuers.toml.")
     ] = "citybank",
     worker: Annotated[
-        str, typer.Option("--worker", help="host serve --worker: thread or process.")
-    ] = "thread",
+        str | None,
+        typer.Option(
+            "--worker",
+            help="host serve --worker: thread or process (default: process on PostgreSQL, else thread).",
+        ),
+    ] = None,
     lanes: Annotated[
-        int, typer.Option("--lanes", help="host serve --lanes: issuer workers side by side.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--lanes",
+            help="host serve --lanes: issuer workers side by side (default: 2 on PostgreSQL, 1 on SQLite, "
+            "whose writers queue for one lock anyway).",
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print only the JSON result.")] = False,
 ) -> None:
     """Authorisations/s over TCP through `citycard host serve` (ARQC verified, ledger posted, committed).
@@ -451,6 +460,11 @@ def auth_command(
         fail(f"--depth must be 1..64, got {depth}")
     if not terminals <= cards <= 100_000:
         fail(f"--cards must be {terminals}..100000 (at least one card per terminal), got {cards}")
+    # the server set-up measured best on a 2-core machine (docs/hosts.md): two issuer processes side
+    # by side on PostgreSQL; on SQLite one writer at a time holds the database lock anyway
+    on_postgresql = db is DbChoice.postgresql
+    worker = worker or ("process" if on_postgresql else "thread")
+    lanes = lanes or (2 if on_postgresql else 1)
     if worker not in ("thread", "process"):
         fail(f"--worker must be thread or process, got {worker!r}")
     if not 1 <= lanes <= 16:

@@ -155,8 +155,8 @@ _PG_BALANCES_SUFFIX = (
 _BALANCE_COLUMNS = ("account_id", "layer", "slot", "balance_fen")
 _LINE_COLUMNS = ("posting_id", "seq", "account_id", "layer", "debit_fen", "credit_fen")
 _PG_MOVEMENTS = bulk.together(
-    bulk.insert_sql(ledger_balances, _BALANCE_COLUMNS, _PG_BALANCES_SUFFIX, prefix="b_"),
-    bulk.insert_sql(ledger_lines, _LINE_COLUMNS),
+    bulk.insert_json_sql(ledger_balances, _BALANCE_COLUMNS, _PG_BALANCES_SUFFIX, prefix="b_"),
+    bulk.insert_json_sql(ledger_lines, _LINE_COLUMNS),
 )
 # Built once per backend (bulk.per_backend: ``= ANY(array)`` on PostgreSQL, ``IN (…)`` elsewhere).
 _LOOKUP = bulk.per_backend(
@@ -471,7 +471,7 @@ def _write_movements(
         bulk.insert_rows(conn, ledger_lines, line_rows)
         return
     if balance_rows and line_rows:
-        params = bulk.columns_of(balance_rows, _BALANCE_COLUMNS, "b_") | bulk.columns_of(
+        params = bulk.json_rows(balance_rows, _BALANCE_COLUMNS, "b_") | bulk.json_rows(
             line_rows, _LINE_COLUMNS
         )
         conn.exec_driver_sql(_PG_MOVEMENTS, params)

@@ -69,12 +69,12 @@ FINANCIAL_KINDS = DEBIT_KINDS | {EC_LOAD_KIND}
 NETWORK_KINDS = frozenset({"sign_on", "echo"})
 # The card columns a batch writes back; on PostgreSQL in one UPDATE … FROM unnest(…) (ledger.bulk).
 CARD_STATE_COLUMNS = ("pin_tries", "atc_max", "ec_balance_fen", "day", "day_total_fen", "scripts_pending")
-_PG_CARD_UPDATE = bulk.update_sql(tables.cards, "id", CARD_STATE_COLUMNS, prefix="c_")
+_PG_CARD_UPDATE = bulk.update_json_sql(tables.cards, "id", CARD_STATE_COLUMNS, prefix="c_")
 MESSAGE_LOG_COLUMNS = (
     "issuer", "key", "mti", "kind", "pan", "psn", "terminal_id", "merchant_id", "stan", "batch",
     "amount_fen", "rc", "approved", "ledger_key", "response", "created_at",
 )  # fmt: skip
-_PG_CARDS_AND_LOG = bulk.together(_PG_CARD_UPDATE, bulk.insert_sql(tables.messages, MESSAGE_LOG_COLUMNS))
+_PG_CARDS_AND_LOG = bulk.together(_PG_CARD_UPDATE, bulk.insert_json_sql(tables.messages, MESSAGE_LOG_COLUMNS))
 
 
 def _answered_query(*, early: bool) -> Any:
@@ -408,7 +408,7 @@ class IssuerHost(IssuerAdmin, RelatedMessages):
             ]  # fmt: skip
             if bulk.is_postgresql(conn):  # one UPDATE … FROM unnest, sent with the log insert
                 rows = [{**row, "id": row.pop("card_id")} for row in rows]
-                card_params = bulk.columns_of(rows, ("id", *CARD_STATE_COLUMNS), "c_")
+                card_params = bulk.json_rows(rows, ("id", *CARD_STATE_COLUMNS), "c_")
             else:
                 c = tables.cards.c
                 conn.execute(update(tables.cards).where(c.id == bindparam("card_id")), rows)
@@ -453,7 +453,7 @@ class IssuerHost(IssuerAdmin, RelatedMessages):
                 )  # fmt: skip
             delivered += [{"script_id": i, "d_key": msg.key, "d_at": now} for i in msg.delivered_script_ids]
         if card_params is not None and log_rows:
-            log_params = bulk.columns_of(log_rows, MESSAGE_LOG_COLUMNS)
+            log_params = bulk.json_rows(log_rows, MESSAGE_LOG_COLUMNS)
             conn.exec_driver_sql(_PG_CARDS_AND_LOG, card_params | log_params)
         elif card_params is not None:
             conn.exec_driver_sql(_PG_CARD_UPDATE, card_params)
