@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from citycard.clearing import synthetic
 from citycard.clearing.batch import ec_account, operator_account
 from citycard.clearing.parallel import clear_parallel
-from citycard.clearing.store import intake, load_known, reconcile, register_card
+from citycard.clearing.store import digest_of, intake, load_known, reconcile, register_card
 from citycard.clearing.tables import Batch, Tap
 from citycard.db import make_engine, write_transaction
 from citycard.ledger import (
@@ -87,6 +87,13 @@ def test_workers_give_the_single_process_result(engine, spec) -> None:  # type: 
     assert [(e.reason, e.position) for e in two.exceptions] == [("duplicate", 400)]
     result = intake(engine, "w2", uploads, keys=spec, now=NOW, workers=2)
     assert (result.accepted, result.exceptions) == (400, 1)
+    # the digest a worker computed is the one digest_of gives (and a replay in either mode matches it)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(Batch.digest).where(Batch.batch_id == "w2")).scalar_one()
+    assert stored == digest_of(uploads)
+    for workers in (1, 2):
+        again = intake(engine, "w2", uploads, keys=spec, now=NOW, workers=workers)
+        assert again.replayed and (again.accepted, again.exceptions) == (400, 1)
     totals = ledger_totals(engine)
     assert totals["bus"] + totals["taxi"] == sum(u["amount_fen"] for u in uploads[:400])
     report = reconcile(engine)

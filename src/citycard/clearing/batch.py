@@ -42,11 +42,19 @@ from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from citycard.clearing.record import ClearingRecord, MalformedRecord, parse_record, record_key
+from citycard.clearing.record import (
+    ClearingRecord,
+    MalformedRecord,
+    parse_fields_fast,
+    parse_record,  # noqa: F401 — still importable from here (benchmarks/clearing_split.py wraps it)
+    parse_record_general,
+    record_key,
+)
 from citycard.clearing.verify import Verifier
 from citycard.ledger.model import Layer, Line, PostingRequest
 from citycard.ledger.transfers import Transfer
 
+_new_tuple = tuple.__new__
 REASONS = (
     "malformed", "duplicate", "unknown_card", "late", "forged", "out_of_order", "balance_chain",
     "refund_unbacked",
@@ -144,13 +152,33 @@ class Cleared(NamedTuple):
     tap_at: dt.datetime
     exit_refund_fen: int = 0
     transit: str | None = None  # canonical JSON (clearing.transit.Transit.json)
+    # the tap row's texts, made where the record is parsed (a worker), not in the writing parent:
+    tap_at_text: str = ""  # tap_at as SQLite stores it (sqlite_stamp)
+    day: str = ""  # the Asia/Shanghai day of tap_at (settlement day)
 
     @classmethod
     def of(cls, r: ClearingRecord) -> Cleared:
-        transit = r.transit
+        transit, at = r.transit, r.tap_at
         return cls(r.key, r.card, r.pan, r.psn, r.atc, r.amount_fen, r.balance_after_fen, r.operator, r.route,
-                   r.vehicle, r.terminal_id, r.tap_at, 0 if transit is None else transit.refund_fen,
-                   None if transit is None else transit.json())  # fmt: skip
+                   r.vehicle, r.terminal_id, at, 0 if transit is None else transit.refund_fen,
+                   None if transit is None else transit.json(), sqlite_stamp(at), china_day(at))  # fmt: skip
+
+
+_ZERO = dt.timedelta(0)
+_CHINA_OFFSET = dt.timedelta(hours=8)  # Asia/Shanghai has had no DST since 1991
+
+
+def sqlite_stamp(moment: dt.datetime) -> str:
+    """What SQLAlchemy's SQLite DateTime stores for an aware UTC time (UTCDateTime), without its
+    per-value processing: ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC."""
+    if moment.utcoffset() != _ZERO:
+        moment = moment.astimezone(dt.UTC)
+    return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def china_day(moment: dt.datetime) -> str:
+    """The Asia/Shanghai day of an aware time, ``YYYY-MM-DD`` (the settlement day of a tap)."""
+    return (moment.astimezone(dt.UTC) + _CHINA_OFFSET).date().isoformat()
 
 
 def tc_posting_key(record: ClearingRecord | Cleared) -> str:
@@ -173,12 +201,15 @@ def transfers_for(record: ClearingRecord | Cleared, issuer: str, *, refunded: bo
     memo = f"{record.operator} {record.route}/{record.vehicle} {record.terminal_id}"
     key, amount, exit_refund = record.key, record.amount_fen, record.exit_refund_fen
     out = []
+    new = _new_tuple  # Transfer(...) without the named tuple's Python-level __new__
     if amount:
-        out.append(Transfer(f"tc:{key}", card, operator, amount, memo))
+        out.append(new(Transfer, (f"tc:{key}", card, operator, amount, memo)))
         if refunded:
-            out.append(Transfer(f"refund:{key}", operator, card, amount, f"refund after loss report: {memo}"))
+            out.append(
+                new(Transfer, (f"refund:{key}", operator, card, amount, f"refund after loss report: {memo}"))
+            )
     if exit_refund:
-        out.append(Transfer(f"exitrefund:{key}", operator, card, exit_refund, f"exit refund: {memo}"))
+        out.append(new(Transfer, (f"exitrefund:{key}", operator, card, exit_refund, f"exit refund: {memo}")))
     return out
 
 
@@ -206,22 +237,56 @@ def check_records(
     records: Sequence[Mapping[str, Any]], *, keys: Verifier, compact: bool = False
 ) -> list[Checked]:
     """Parse every record and verify its TC and IAD MAC (all of them in one HSM call when the
-    verifier has ``forged_many``). Pure but for ``keys``; needs no database state, so it runs in any
-    process over any slice of the uploads. ``compact`` returns :class:`Cleared` rows (cheap to pickle)."""
+    verifier has ``forged_taps`` or ``forged_many``). Pure but for ``keys``; needs no database
+    state, so it runs in any process over any slice of the uploads. ``compact`` returns
+    :class:`Cleared` rows (cheap to pickle) and, with ``forged_taps``, builds no ClearingRecord for
+    the canonical uploads (:func:`~citycard.clearing.record.parse_fields_fast`)."""
     out: list[Checked] = []
-    parsed: list[tuple[int, ClearingRecord]] = []
+    parsed: list[tuple[int, Any]] = []  # (position, the ClearingRecord fields in field order)
+    fast = parse_fields_fast
     for position, upload in enumerate(records):
-        try:
-            parsed.append((position, parse_record(upload)))
-        except MalformedRecord as exc:
-            out.append(Checked(position, record_key(upload), None, ("malformed", str(exc))))
-    many = getattr(keys, "forged_many", None)
-    reasons = many([r for _, r in parsed]) if many is not None else [keys.forged(r) for _, r in parsed]
-    for (position, record), why in zip(parsed, reasons, strict=True):
-        tap = Cleared.of(record) if compact else record
-        out.append(Checked(position, record.key, tap, None if why is None else ("forged", why)))
-    out.sort(key=lambda c: c.position)
+        fields = fast(upload)
+        if fields is None:
+            try:
+                fields = astuple_record(parse_record_general(upload))
+            except MalformedRecord as exc:
+                out.append(Checked(position, record_key(upload), None, ("malformed", str(exc))))
+                continue
+        parsed.append((position, fields))
+    taps = getattr(keys, "forged_taps", None)
+    if taps is not None:  # the HSM verifier: the TapToVerify tuples straight from the fields
+        reasons = taps([(f[0], f[1], f[2].to_bytes(2, "big"), f[7], f[6], f[8]) for _, f in parsed])
+    else:
+        many = getattr(keys, "forged_many", None)
+        records_ = [ClearingRecord(*f) for _, f in parsed]
+        reasons = many(records_) if many is not None else [keys.forged(r) for r in records_]
+    for (position, f), why in zip(parsed, reasons, strict=True):
+        pan, psn, atc = f[0], f[1], f[2]
+        key = f"{pan}:{psn}:{atc:04X}"
+        if compact:
+            transit, at = f[15], f[13]
+            tap: ClearingRecord | Cleared = _new_tuple(
+                Cleared,
+                (
+                    key, f"{pan}:{psn}", pan, psn, atc, f[3], f[5], f[10], f[11], f[12], f[9], at,
+                    0 if transit is None else transit.refund_fen, None if transit is None else transit.json(),
+                    sqlite_stamp(at), china_day(at),
+                ),
+            )  # fmt: skip
+        else:
+            tap = ClearingRecord(*f)
+        out.append(Checked(position, key, tap, None if why is None else ("forged", why)))
+    out.sort(key=_position)
     return out
+
+
+def _position(checked: Checked) -> int:
+    return checked.position
+
+
+def astuple_record(record: ClearingRecord) -> tuple[Any, ...]:
+    """A :class:`ClearingRecord`'s fields in field order (what ``ClearingRecord(*fields)`` takes)."""
+    return tuple(getattr(record, name) for name in ClearingRecord.__slots__)
 
 
 def late_neighbour_keys(card: str, atc: int) -> tuple[str, str]:

@@ -17,7 +17,8 @@ import datetime as dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from citycard.clearing.errors import MalformedRecord
 from citycard.clearing.transit import Transit, parse_transit
@@ -41,7 +42,10 @@ UPLOAD_FIELDS = (
     "terminal_id", "operator", "route", "vehicle", "tap_at", "transit",
 )  # fmt: skip
 _UPLOAD_FIELD_SET = frozenset(UPLOAD_FIELDS)
-__all__ = ["ClearingRecord", "MalformedRecord", "parse_record", "record_key", "upload_dict"]
+__all__ = [
+    "ClearingRecord", "MalformedRecord", "parse_fields_fast", "parse_record", "parse_record_general", "record_key",
+    "upload_dict",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +193,18 @@ def parse_record(upload: Mapping[str, Any]) -> ClearingRecord:
     Raises :class:`MalformedRecord` with the first problem: a missing or badly shaped field, a
     field 55 that does not decode or lacks an AC input tag, an IAD without the EC balance IDD, or
     plain fields that disagree with field 55 (amount, balance, tap date).
+
+    The canonical uploads (:data:`FIELD55_LAYOUTS`) take :func:`parse_fields_fast`; anything else,
+    and every error, takes :func:`parse_record_general` — the same record or the same error.
     """
+    fields = parse_fields_fast(upload)
+    if fields is not None:
+        return ClearingRecord(*fields)
+    return parse_record_general(upload)
+
+
+def parse_record_general(upload: Mapping[str, Any]) -> ClearingRecord:
+    """:func:`parse_record` for any upload: the reference the fast path is tested against."""
     if type(upload) is not dict and not isinstance(upload, Mapping):  # dict first: the ABC check is slow
         raise MalformedRecord(f"record: expected an object, got {type(upload).__name__}")
     unknown = upload.keys() - _UPLOAD_FIELD_SET
@@ -252,6 +267,140 @@ def parse_record(upload: Mapping[str, Any]) -> ClearingRecord:
         transit=transit,
         **meta,
     )
+
+
+# The field-55 layouts the validators actually send, as data: (tag, value bytes) in order. An upload
+# whose field 55 is exactly one of these (tags, order, lengths) takes the fast path; any other
+# field 55 is read by flat_tlv. Each layout must hold REQUIRED_TAGS with the AC input lengths.
+FIELD55_LAYOUTS = (
+    (  # the kernel's offline batch record: kernel.outcome.FIELD55_TAGS order, an 8-byte AID (84)
+        ("9F26", 8), ("9F27", 1), ("9F10", 19), ("9F37", 4), ("9F36", 2), ("95", 5), ("9A", 3), ("9C", 1),
+        ("9F02", 6), ("5F2A", 2), ("82", 2), ("9F1A", 2), ("9F03", 6), ("9F33", 3), ("9F34", 3),
+        ("9F35", 1), ("9F1E", 8), ("84", 8), ("9F09", 2), ("9F5D", 6),
+    ),
+    (  # clearing.synthetic: the AC input order
+        ("9F26", 8), ("9F27", 1), ("9F10", 19), ("9F02", 6), ("9F03", 6), ("9F1A", 2), ("95", 5),
+        ("5F2A", 2), ("9A", 3), ("9C", 1), ("9F37", 4), ("82", 2), ("9F36", 2), ("9F5D", 6),
+    ),
+)  # fmt: skip
+IAD_EC_BYTES = 19  # 07 DKI CVN 03 CVR(3) algorithm id ‖ 0A 01 balance(5) MAC(4) (pboc-notes §2.4)
+
+
+class _Layout(NamedTuple):
+    pattern: re.Pattern[bytes]  # the whole field 55, one group per value
+    tc: int  # group indexes of 9F26, 9F27 (or -1), 9F10, 9F02, 9F36, 9A, 9F5D (or -1)
+    cid: int
+    iad: int
+    amount: int
+    atc: int
+    date: int
+    balance: int
+    ac_input: Any  # itemgetter of the AC input values (AC_INPUT_TAGS order)
+
+
+def _layout(spec: tuple[tuple[str, int], ...]) -> _Layout:
+    tags = [tag for tag, _ in spec]
+    lengths = dict(spec)
+    assert len(set(tags)) == len(tags) and set(REQUIRED_TAGS) <= set(tags), spec
+    assert tuple(lengths[tag] for tag in AC_INPUT_TAGS) == AC_INPUT_LENGTHS[:-1], spec
+    assert lengths["9F26"] == 8 and lengths["9F10"] == IAD_EC_BYTES and lengths.get("9F27", 1) == 1, spec
+    assert sum(len(tag) // 2 + 1 + n for tag, n in spec) <= FIELD55_HEX_MAX // 2, spec
+    pattern = b""
+    for tag, n in spec:
+        header = bytes.fromhex(tag)
+        assert header[0] & 0x20 == 0 and 0 < n < 0x80, (tag, n)  # primitive, one length byte
+        assert len(header) == 1 or (header[0] & 0x1F == 0x1F and len(header) == 2 and header[1] < 0x80)
+        pattern += re.escape(header + bytes([n])) + b"(.{%d})" % n
+    index = {tag: i for i, tag in enumerate(tags)}
+    return _Layout(
+        re.compile(pattern, re.DOTALL), index["9F26"], index.get("9F27", -1), index["9F10"], index["9F02"],
+        index["9F36"], index["9A"], index.get("9F5D", -1), itemgetter(*(index[t] for t in AC_INPUT_TAGS)),
+    )  # fmt: skip
+
+
+_LAYOUTS = tuple(_layout(spec) for spec in FIELD55_LAYOUTS)
+_PLAIN_RE = re.compile(  # pan, psn, terminal_id, operator, route, vehicle joined by newlines
+    rf"{PAN_RE.pattern}\n{PSN_RE.pattern}\n{TEXT_RE.pattern}\n{TEXT_RE.pattern}\n{TEXT_RE.pattern}\n{TEXT_RE.pattern}"
+)
+_UTC = dt.UTC
+
+
+def parse_fields_fast(upload: Any) -> tuple[Any, ...] | None:
+    """The :class:`ClearingRecord` fields of a canonical upload (field 55 in one of
+    :data:`FIELD55_LAYOUTS`, every check passing), in field order; ``None`` for anything else — a
+    problem or an unusual shape — which :func:`parse_record_general` then reads (and names).
+    Never raises: on its inputs it gives exactly what the general parser gives (hypothesis-tested)."""
+    if type(upload) is not dict or not upload.keys() <= _UPLOAD_FIELD_SET:
+        return None
+    get = upload.get
+    pan, psn, terminal_id, operator = get("pan"), get("psn"), get("terminal_id"), get("operator")
+    route, vehicle, amount, after = get("route"), get("vehicle"), get("amount_fen"), get("balance_fen_after")
+    if not (
+        type(pan) is str and type(psn) is str and type(terminal_id) is str and type(operator) is str
+        and type(route) is str and type(vehicle) is str
+        and type(amount) is int and 0 <= amount <= AMOUNT_FEN_MAX
+        and type(after) is int and 0 <= after <= AMOUNT_FEN_MAX
+        and _PLAIN_RE.fullmatch(f"{pan}\n{psn}\n{terminal_id}\n{operator}\n{route}\n{vehicle}")
+    ):  # fmt: skip
+        return None
+    text, when = get("field55"), get("tap_at")
+    if (
+        type(when) is not str
+        or type(text) is not str
+        or not 0 < len(text) <= FIELD55_HEX_MAX
+        or len(text) % 2
+    ):
+        return None
+    try:
+        tap_at = dt.datetime.fromisoformat(when)
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    if tap_at.tzinfo is None:
+        return None
+    tap_at = tap_at.astimezone(_UTC)
+    transit = get("transit")
+    if transit is not None:
+        try:
+            transit = parse_transit(transit)
+        except MalformedRecord:
+            return None
+    for layout in _LAYOUTS:
+        match = layout.pattern.fullmatch(raw)
+        if match is not None:
+            break
+    else:
+        return None
+    values = match.groups()
+    if layout.cid >= 0 and values[layout.cid][0] & 0xC0 != CID_TC:
+        return None
+    fare = values[layout.amount].hex()
+    iad = values[layout.iad]
+    balance = iad[10:15].hex()
+    if not (
+        fare.isdigit() and int(fare) == amount
+        and iad[0] == 0x07 and iad[3] == 0x03 and iad[8] == 0x0A and iad[9] == IDD_TYPE_EC
+        and balance.isdigit() and int(balance) == after
+    ):  # fmt: skip
+        return None
+    if layout.balance >= 0:
+        balance = values[layout.balance].hex()
+        if not balance.isdigit() or int(balance) != after:
+            return None
+    date_bcd = values[layout.date].hex()
+    if not date_bcd.isdigit():
+        return None
+    try:
+        tap_date = dt.date(2000 + int(date_bcd[0:2]), int(date_bcd[2:4]), int(date_bcd[4:6]))
+    except ValueError:
+        return None
+    if abs((tap_at.astimezone(CHINA_TIME).date() - tap_date).days) > TAP_DATE_SLACK_DAYS:
+        return None
+    ac_input = b"".join(layout.ac_input(values)) + b"\x03" + iad[4:7]
+    return (
+        pan, psn, int.from_bytes(values[layout.atc], "big"), amount, after + amount, after, values[layout.tc],
+        ac_input, iad, terminal_id, operator, route, vehicle, tap_at, raw, transit,
+    )  # fmt: skip
 
 
 def record_key(upload: Mapping[str, Any]) -> str:

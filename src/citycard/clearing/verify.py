@@ -71,6 +71,11 @@ class HsmVerifier:
         taps = [TapToVerify(r.pan, r.psn, r.tag_9f36, r.ac_input, r.tc, r.iad) for r in records]
         return self.hsm.verify_taps(taps, self.labels)  # type: ignore[attr-defined]
 
+    def forged_taps(self, taps: Sequence[tuple[str, str, bytes, bytes, bytes, bytes]]) -> list[str | None]:
+        """:meth:`forged_many` for taps already in :class:`~citycard.hsm.tc_batch.TapToVerify` field
+        order (PAN, PSN, 9F36, AC input, 9F26, 9F10) — plain tuples, no record built. Same answers."""
+        return self.hsm.verify_taps(taps, self.labels)  # type: ignore[attr-defined]
+
 
 @dataclass(frozen=True)
 class VerifierSpec:

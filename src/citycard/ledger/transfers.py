@@ -7,7 +7,8 @@ rule of the ledger and writes a whole chunk at once:
 
 - each transfer is a balanced posting by construction (one debit line and one credit line of the
   same amount, on two different accounts); key, amount, memo and account limits are checked as in
-  :func:`~citycard.ledger.model.check_request`, before anything is written;
+  :func:`~citycard.ledger.model.check_request`, before anything is written (column by column when
+  every transfer certainly passes, else transfer by transfer, naming the first that does not);
 - exactly once: the keys are inserted with ``ON CONFLICT DO NOTHING``; a key that was already
   posted with the same lines is a replay (skipped, as :func:`post_many` does), with other lines a
   :class:`PostingConflict`; a key twice in one call is refused;
@@ -25,6 +26,7 @@ IMMEDIATE`` makes them exactly this call's rows). PostgreSQL: one ``unnest`` sta
 
 from __future__ import annotations
 
+import operator
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
@@ -78,10 +80,39 @@ class Transfer(NamedTuple):
     memo: str = ""
 
 
+def _all_fine(transfers: Sequence[Transfer]) -> bool:
+    """True when every transfer certainly passes :func:`_check` — checked column by column, a few
+    C-level passes instead of a Python loop per transfer. Stricter than :func:`_check` (no space in
+    any key), so ``False`` only means: let the loop decide (and name the first problem)."""
+    try:
+        keys, debits, credits, amounts, memos = zip(*transfers, strict=True)
+        joined = "".join(keys)
+        memo_text = "".join(memos)
+    except (TypeError, ValueError):
+        return False
+    return (
+        len(set(keys)) == len(keys)
+        and min(map(len, keys)) > 0
+        and max(map(len, keys)) <= KEY_LENGTH_MAX
+        and joined.isprintable()
+        and " " not in joined
+        and all(type(key) is str for key in keys)
+        and all(type(amount) is int for amount in amounts)
+        and min(amounts) > 0
+        and max(amounts) <= AMOUNT_FEN_MAX
+        and not any(map(operator.eq, debits, credits))
+        and all(type(memo) is str for memo in memos)
+        and max(map(len, memos)) <= MEMO_MAX
+        and memo_text.isprintable()
+    )
+
+
 def _check(transfers: Sequence[Transfer]) -> None:
     """Shape and limits of every transfer (model.check_request's rules), before any write."""
     if len(transfers) > TRANSFERS_PER_CALL_MAX:
         raise InvalidPosting(f"{len(transfers)} transfers in one call; limit {TRANSFERS_PER_CALL_MAX}")
+    if transfers and _all_fine(transfers):
+        return
     keys: set[str] = set()
     for t in transfers:
         key, amount = t.key, t.amount_fen
