@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, bindparam, func, select
 
 from citycard.ledger import bulk
-from citycard.ledger.journal import CODES_PER_QUERY_MAX, Draft, Entry, assert_balanced, stored_lines
+from citycard.ledger.journal import (
+    CODES_PER_QUERY_MAX,
+    AccountCache,
+    Draft,
+    Entry,
+    assert_balanced,
+    stored_lines,
+)
 from citycard.ledger.model import Layer, PostedLine, Posting, UnknownAccount
 from citycard.ledger.tables import ledger_accounts, ledger_balances, ledger_postings
 
@@ -65,12 +72,45 @@ def _sum_query(layer_filter: bool, member: bulk.Member):  # type: ignore[no-unty
 # Built once per backend (bulk.per_backend): the issuer reads balances on its hot path.
 _SUM_ALL_LAYERS = bulk.per_backend(lambda member: _sum_query(False, member))
 _SUM_ONE_LAYER = bulk.per_backend(lambda member: _sum_query(True, member))
+# The same sums for accounts whose ids a writer already holds (AccountCache): integer keys on the
+# balances' primary key, no join, no text comparison — on PostgreSQL ≈ 6 against ≈ 40 µs an issuer
+# message (16 accounts a batch), where the planner reads the small accounts table whole.
+_SUM_BY_ID_ALL_LAYERS = bulk.per_backend(
+    lambda member: (
+        select(_B.account_id, func.sum(_B.balance_fen))
+        .where(member(_B.account_id, "ids"))
+        .group_by(_B.account_id)
+    )
+)
 
 
-def _sums(conn: Connection, codes: Sequence[str], layer: Layer | None) -> dict[str, int]:
+def _sums_by_id(conn: Connection, wanted: Sequence[str], cache: AccountCache) -> dict[str, int] | None:
+    """All-layer sums of ``wanted`` by account id, when ``cache`` knows every one of them; else None."""
+    ids: dict[int, str] = {}
+    for code in wanted:
+        row = cache.get(code)
+        if row is None:
+            return None
+        ids[row.id] = code
+    found = dict.fromkeys(wanted, 0)  # an account without balance rows has never moved: 0
+    query = bulk.for_conn(_SUM_BY_ID_ALL_LAYERS, conn)
+    keys = sorted(ids)
+    for start in range(0, len(keys), CODES_PER_QUERY_MAX):
+        for account_id, total in conn.execute(query, {"ids": keys[start : start + CODES_PER_QUERY_MAX]}):
+            found[ids[account_id]] = int(total)
+    return found
+
+
+def _sums(
+    conn: Connection, codes: Sequence[str], layer: Layer | None, cache: AccountCache | None = None
+) -> dict[str, int]:
+    wanted = sorted(set(codes))
+    if cache is not None and layer is None:
+        by_id = _sums_by_id(conn, wanted, cache)
+        if by_id is not None:
+            return by_id
     query = bulk.for_conn(_SUM_ALL_LAYERS if layer is None else _SUM_ONE_LAYER, conn)
     params = {} if layer is None else {"layer": int(Layer(layer))}
-    wanted = sorted(set(codes))
     found: dict[str, int] = {}
     for start in range(0, len(wanted), CODES_PER_QUERY_MAX):
         chunk = wanted[start : start + CODES_PER_QUERY_MAX]
@@ -92,7 +132,14 @@ def balance_fen(conn: Connection, account: str, layer: Layer | None = None) -> i
     return _sums(conn, [account], layer)[account]
 
 
-def balances(conn: Connection, accounts: Sequence[str], layer: Layer | None = None) -> dict[str, int]:
-    """Balances of several accounts (all layers, or one), one query per 500 codes."""
-    found = _sums(conn, accounts, layer)
+def balances(
+    conn: Connection,
+    accounts: Sequence[str],
+    layer: Layer | None = None,
+    *,
+    account_cache: AccountCache | None = None,
+) -> dict[str, int]:
+    """Balances of several accounts (all layers, or one), one query per 500 codes; by account id
+    when ``account_cache`` (the caller's, see :class:`AccountCache`) holds them all."""
+    found = _sums(conn, accounts, layer, account_cache)
     return {code: found[code] for code in accounts}

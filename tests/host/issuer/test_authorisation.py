@@ -297,3 +297,22 @@ def test_a_failing_message_answers_96_alone_and_is_not_stored(issuer, enrol, con
     assert balance(issuer, bad.account) == ACCOUNT_FEN
     assert one(issuer, requests[1])["39"] == "00"  # not stored as 96: tried afresh with the right keys
     assert healthy(issuer)
+
+
+def test_known_cards_are_read_by_id_and_a_new_psn_of_the_same_pan_still_found(issuer, enrol):
+    """After its first batch a card is read by row id and its balance by account id (the issuer's
+    caches); a second card of the same PAN (a replacement, PSN 02) is not in the cache and must
+    still be found by PAN; the balances the issuer reads stay exact: an amount above the balance is
+    refused (51) on the cached path too."""
+    card = enrol("GM")
+    assert one(issuer, card.request("purchase", 1_000))["39"] == "00"
+    assert issuer._card_ids[(card.pan, 1)] > 0 and issuer._account_cache.get(card.account) is not None
+    assert one(issuer, card.request("purchase", 2_000))["39"] == "00"  # by id now
+    issuer.enrol_card(pan=card.pan, psn=2, suite=card.suite, pin=None, expiry=EXPIRY, account_balance_fen=500)
+    second = replace(card, psn=2, atc=0, keys={})
+    second.__post_init__()
+    assert one(issuer, second.request("purchase", 400))["39"] == "00"
+    assert one(issuer, second.request("purchase", 400))["39"] == "51"  # 100 fen left: cached balance read
+    assert balance(issuer, card.account) == ACCOUNT_FEN - 3_000
+    assert balance(issuer, second.account) == 100
+    assert healthy(issuer)

@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Engine, bindparam, insert, literal, select, union_all, update
+from sqlalchemy import Engine, bindparam, insert, literal, or_, select, union_all, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -122,11 +122,15 @@ _PG_ANSWERED_OR_EARLY = (
 _CARDS = bulk.per_backend(
     lambda member: (
         select(tables.cards)
-        .where(tables.cards.c.issuer == bindparam("issuer"), member(tables.cards.c.pan, "pans"))
+        .where(
+            tables.cards.c.issuer == bindparam("issuer"),
+            or_(member(tables.cards.c.id, "ids"), member(tables.cards.c.pan, "pans")),
+        )
         .order_by(tables.cards.c.pan, tables.cards.c.psn)
         .with_for_update()
     )
 )
+CARD_IDS_MAX = 2_000_000  # (PAN, PSN) → card row id kept per lane (ids never change); then it starts over
 
 
 class IssuerHost(IssuerAdmin, RelatedMessages):
@@ -139,6 +143,8 @@ class IssuerHost(IssuerAdmin, RelatedMessages):
         self._env = Env(config, hsm)
         self._known_accounts: set[str] = set()  # ledger accounts known to exist (after a commit)
         self._account_cache = AccountCache()  # their ledger rows, so posting needs no lookup
+        # card row ids by (PAN, PSN): a known card is read by its primary key, not by a text PAN
+        self._card_ids: dict[tuple[str, int], int] = {}
 
     def __repr__(self) -> str:
         return f"IssuerHost({self.config.name}, bins={','.join(self.config.bins)})"
@@ -310,10 +316,25 @@ class IssuerHost(IssuerAdmin, RelatedMessages):
                     msg.decline(codes.REVERSED_BEFORE, "its reversal arrived first")
 
     def _load_cards(self, conn: Connection, batch: Batch, messages: list[Message]) -> None:
-        pans = sorted({m.pan for m in messages if m.pan is not None})
-        if not pans:
+        """The batch's cards, locked in (PAN, PSN) order: by row id when a financial request names
+        a card seen before, else by PAN (every PSN of it: reversals and advices find their original's
+        card by the logged PAN and PSN)."""
+        ids: set[int] = set()
+        pans: set[str] = set()
+        card_ids = self._card_ids
+        for m in messages:
+            if m.pan is None:
+                continue
+            known = None
+            if m.psn is not None and m.kind is not None and m.kind.name in FINANCIAL_KINDS:
+                known = card_ids.get((m.pan, m.psn))
+            if known is None:
+                pans.add(m.pan)
+            else:
+                ids.add(known)
+        if not ids and not pans:
             return
-        params = {"issuer": self.config.name, "pans": pans}
+        params = {"issuer": self.config.name, "ids": sorted(ids), "pans": sorted(pans)}
         rows = (  # unprepared on PostgreSQL: see ledger.bulk.custom_plan_rows
             bulk.custom_plan_rows(conn, _CARDS[True], params)
             if bulk.is_postgresql(conn)
@@ -326,9 +347,13 @@ class IssuerHost(IssuerAdmin, RelatedMessages):
                 ec_balance_fen=row.ec_balance_fen, account=row.account, ec_account=row.ec_account,
                 day=row.day, day_total_fen=row.day_total_fen, scripts_pending=row.scripts_pending,
             )  # fmt: skip
+            if len(card_ids) >= CARD_IDS_MAX:
+                card_ids.clear()
+            card_ids[(row.pan, row.psn)] = row.id  # a committed row (locked): its id is for good
         if not batch.cards:
             return
-        batch.balances.update(balances(conn, sorted(card.account for card in batch.cards.values())))
+        accounts = sorted(card.account for card in batch.cards.values())
+        batch.balances.update(balances(conn, accounts, account_cache=self._account_cache))
         waiting = sorted({card.pan for card in batch.cards.values() if card.scripts_pending})
         if not waiting:
             return  # the common case: no script queued for any card of the batch, no query
