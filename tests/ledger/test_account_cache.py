@@ -7,7 +7,15 @@ import pytest
 from tests.ledger.conftest import CARDHOLDER, EC, FUNDING, MERCHANT, OPERATOR, transfer
 
 from citycard.db import write_transaction
-from citycard.ledger import AccountCache, AccountKind, Layer, UnknownAccount, balances, open_account, post_many
+from citycard.ledger import (
+    AccountCache,
+    AccountKind,
+    Layer,
+    UnknownAccount,
+    balances,
+    open_account,
+    post_many,
+)
 
 
 def test_cached_posting_and_balances_equal_the_uncached_ones(ledger) -> None:
@@ -19,13 +27,18 @@ def test_cached_posting_and_balances_equal_the_uncached_ones(ledger) -> None:
     cache.committed()
     assert {cache.get(code).id > 0 for code in (FUNDING, CARDHOLDER, EC)} == {True}
     with write_transaction(ledger) as conn:
-        post_many(conn, [transfer("c3", CARDHOLDER, MERCHANT, 1_250, layer=Layer.PENDING)], account_cache=cache)
+        post_many(
+            conn, [transfer("c3", CARDHOLDER, MERCHANT, 1_250, layer=Layer.PENDING)], account_cache=cache
+        )
     cache.committed()
     codes = [FUNDING, CARDHOLDER, EC, MERCHANT, OPERATOR]  # OPERATOR never moved: 0, not in the cache
     with write_transaction(ledger) as conn:
         plain = balances(conn, codes)
         assert balances(conn, codes, account_cache=cache) == plain
-        assert balances(conn, [CARDHOLDER, MERCHANT], account_cache=cache) == {CARDHOLDER: 3_750, MERCHANT: 1_250}
+        assert balances(conn, [CARDHOLDER, MERCHANT], account_cache=cache) == {
+            CARDHOLDER: 3_750,
+            MERCHANT: 1_250,
+        }
     assert plain == {FUNDING: -5_700, CARDHOLDER: 3_750, EC: 700, MERCHANT: 1_250, OPERATOR: 0}
 
 
