@@ -119,17 +119,33 @@ _PG_ANSWERED_OR_EARLY = (
     "WHERE terminal_id = t.terminal_id AND merchant_id = t.merchant_id AND stan = t.stan "
     "AND issuer = %(issuer)s AND mti = '0400' AND rc = %(rc)s AND created_at >= %(since)s) AS m"
 )
-_CARDS = bulk.per_backend(
-    lambda member: (
+
+
+def _cards_query(member: bulk.Member, *, by_id: bool, by_pan: bool) -> Any:
+    c = tables.cards.c
+    wanted = (
+        or_(member(c.id, "ids"), member(c.pan, "pans"))
+        if by_id and by_pan
+        else member(c.id, "ids")
+        if by_id
+        else member(c.pan, "pans")
+    )
+    return (
         select(tables.cards)
-        .where(
-            tables.cards.c.issuer == bindparam("issuer"),
-            or_(member(tables.cards.c.id, "ids"), member(tables.cards.c.pan, "pans")),
-        )
-        .order_by(tables.cards.c.pan, tables.cards.c.psn)
+        .where(c.issuer == bindparam("issuer"), wanted)
+        .order_by(c.pan, c.psn)  # the lock order: two batches never deadlock on cards
         .with_for_update()
     )
-)
+
+
+# Three forms, so the common batch (every card seen before) is a plain primary-key lookup: on
+# PostgreSQL the OR form costs ≈ 0.5 ms of planning a batch, the single forms ≈ 0.06 ms.
+_CARDS = {
+    (by_id, by_pan): bulk.per_backend(
+        lambda member, i=by_id, p=by_pan: _cards_query(member, by_id=i, by_pan=p)
+    )
+    for by_id, by_pan in ((True, True), (True, False), (False, True))
+}
 CARD_IDS_MAX = 2_000_000  # (PAN, PSN) → card row id kept per lane (ids never change); then it starts over
 
 
@@ -335,10 +351,11 @@ class IssuerHost(IssuerAdmin, RelatedMessages):
         if not ids and not pans:
             return
         params = {"issuer": self.config.name, "ids": sorted(ids), "pans": sorted(pans)}
+        query = _CARDS[(bool(ids), bool(pans))]
         rows = (  # unprepared on PostgreSQL: see ledger.bulk.custom_plan_rows
-            bulk.custom_plan_rows(conn, _CARDS[True], params)
+            bulk.custom_plan_rows(conn, query[True], params)
             if bulk.is_postgresql(conn)
-            else conn.execute(_CARDS[False], params)
+            else conn.execute(query[False], params)
         )
         for row in rows:
             batch.cards[(row.pan, row.psn)] = CardState(
