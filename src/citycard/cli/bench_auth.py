@@ -296,7 +296,11 @@ async def drive(
             client_before, machine_before = time.process_time(), machine_busy_seconds()
             result = await timed_run(clients, messages, seconds=seconds, depth=depth)
             client_cpu, machine_after = time.process_time() - client_before, machine_busy_seconds()
-            cpu_after = cpu_seconds(server_pids), cpu_seconds(db_pids)
+            # backends that appeared during the run (a lane's first connection) count from zero
+            new_db_pids = [pid for pid in database_pids(setup.url) if pid not in db_pids]
+            cpu_after = cpu_seconds(server_pids), cpu_seconds(db_pids + new_db_pids)
+            if cpu_before[1] is None and new_db_pids:
+                cpu_before = cpu_before[0], 0.0
             result["server_cpu_us_per_auth"] = cpu_per_auth_us(
                 cpu_before[0], cpu_after[0], result["answered"]
             )
