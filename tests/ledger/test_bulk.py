@@ -1,4 +1,4 @@
-"""citycard.ledger.bulk: one-statement writes on PostgreSQL (unnest arrays), executemany on SQLite.
+"""citycard.ledger.bulk: one-statement writes on PostgreSQL (rows as one JSON parameter), executemany on SQLite.
 
 The hot path (ledger post_many, the issuer's batch) writes through these helpers, so they are
 tested on both backends with real rows: order kept, NULLs kept, a value too long for its column
@@ -8,7 +8,11 @@ broken.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
@@ -93,6 +97,58 @@ def test_too_long_value_is_refused_not_truncated(engine):
 def test_columns_of_refuses_too_many_rows():
     with pytest.raises(ValueError, match="limit"):
         bulk.columns_of([{"a": 1}] * (bulk.ROWS_PER_STATEMENT_MAX + 1), ("a",))
+    with pytest.raises(ValueError, match="limit"):
+        bulk.json_rows([{"a": 1}] * (bulk.ROWS_PER_STATEMENT_MAX + 1), ("a",))
+
+
+def test_json_rows_refuse_naive_times_and_unknown_types():
+    with pytest.raises(ValueError, match="aware UTC"):
+        bulk.json_rows([{"t": dt.datetime(2026, 11, 27, 8, 0)}], ("t",))
+    with pytest.raises(TypeError, match="set"):
+        bulk.json_rows([{"t": {1}}], ("t",))
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    memos=st.lists(TEXT, min_size=1, max_size=8),
+    origin=st.one_of(st.none(), st.integers(1, 2**62)),
+    when=st.datetimes(
+        min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2099, 1, 1), timezones=st.just(dt.UTC)
+    ),
+)
+def test_json_rows_round_trip_any_text_and_times(engine, memos, origin, when):
+    """Any text (quotes, backslashes, non-ASCII, JSON-looking), big integers, NULLs and aware times
+    come back exactly through the JSON rows on PostgreSQL (executemany on SQLite), in order."""
+    prefix = f"rt:{len(memos)}:{hash((tuple(memos), origin, when)) & 0xFFFFFFF:x}:"
+    rows = [
+        {
+            "key": f"{prefix}{i}",
+            "kind": "post",
+            "layer": 0,
+            "origin_id": None,
+            "memo": memo,
+            "created_at": when,
+        }
+        for i, memo in enumerate(memos)
+    ]
+    with write_transaction(engine) as conn:
+        seen = select(ledger_postings.c.key).where(ledger_postings.c.key == rows[0]["key"])
+        if conn.execute(seen).first() is None:  # hypothesis may run an example twice
+            on_pg = bulk.is_postgresql(conn)
+            result = bulk.insert_rows(conn, ledger_postings, rows, suffix="RETURNING key" if on_pg else "")
+            if on_pg:
+                assert [key for (key,) in result] == [r["key"] for r in rows]
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(ledger_postings.c.key, ledger_postings.c.memo, ledger_postings.c.created_at)
+            .where(ledger_postings.c.key.like(f"{prefix}%"))
+            .order_by(ledger_postings.c.id)
+        ).all()
+    assert [(r.key, r.memo) for r in stored] == [(r["key"], r["memo"]) for r in rows]
+    assert all(r.created_at == when for r in stored)
 
 
 @pytest.mark.parametrize("count", [1, 300])
