@@ -37,6 +37,8 @@ the card's EC account). A zero-amount tap is checked like any other and posts no
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +65,17 @@ REASONS = (
 # clearing; 30 days covers a validator offline for a week with room to spare.
 LATE_AFTER = dt.timedelta(days=30)
 FUTURE_SLACK = dt.timedelta(minutes=10)  # a device clock ahead of ours by more is a malformed record
+
+
+def digest_of(records: Sequence[Mapping[str, Any]]) -> str:
+    """The identity of an uploaded batch's content: SHA-256 of its canonical JSON (an upload id
+    replayed with other records is refused). Stored per batch, so its form must never change.
+
+    >>> digest_of([{"b": 1, "a": "x"}]) == digest_of([{"a": "x", "b": 1}])
+    True
+    """
+    text = json.dumps(list(records), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def ec_account(issuer: str, pan: str, psn: str) -> str:

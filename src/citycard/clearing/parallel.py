@@ -17,7 +17,16 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from citycard.clearing.batch import BatchResult, Checked, Cleared, Known, check_records, decide, postings_for
+from citycard.clearing.batch import (
+    BatchResult,
+    Checked,
+    Cleared,
+    Known,
+    check_records,
+    decide,
+    digest_of,
+    postings_for,
+)
 from citycard.clearing.verify import HsmVerifier, Verifier, VerifierSpec
 
 PARTITIONS_PER_WORKER = 4  # at least: enough to balance the load between workers
@@ -77,9 +86,7 @@ def partitions(count: int, workers: int) -> int:
 
 
 def _digest() -> str:
-    """The batch digest (store.digest_of) of the uploads, in a worker while the parent writes."""
-    from citycard.clearing.store import digest_of
-
+    """The batch digest (batch.digest_of) of the uploads, in a worker while the parent writes."""
     return digest_of(_uploads)
 
 
@@ -92,7 +99,7 @@ def checked_parts(
 ) -> Iterator[list[Checked]]:
     """Per card partition, as soon as it is ready, its records checked (:class:`Checked`, positions
     refer to ``uploads``): in ``workers`` forked processes, or in this one when ``workers`` is 1.
-    ``on_digest``, if given, gets ``store.digest_of(uploads)`` after the last partition (computed
+    ``on_digest``, if given, gets ``batch.digest_of(uploads)`` after the last partition (computed
     by a worker after the partitions, so the single-threaded parent does not spend its time on it)."""
     if not 1 <= workers <= WORKERS_MAX:
         raise ValueError(f"workers must be 1…{WORKERS_MAX}, got {workers}")
@@ -103,8 +110,6 @@ def checked_parts(
             checked = check_records([uploads[i] for i in part], keys=verifier, compact=True)
             yield [c._replace(position=part[c.position]) for c in checked]
         if on_digest is not None:
-            from citycard.clearing.store import digest_of
-
             on_digest(digest_of(uploads))
         return
     if not isinstance(keys, VerifierSpec):

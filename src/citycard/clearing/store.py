@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
-import hashlib
 import json
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,7 @@ from citycard.clearing.batch import (
     Known,
     china_day,
     decide,
+    digest_of,
     ec_account,
     late_neighbour_keys,
     operator_account,
@@ -91,11 +91,6 @@ class IntakeResult:
 
 def payable_account(operator: str) -> str:
     return f"operator:{operator}:payable"
-
-
-def digest_of(records: Sequence[Mapping[str, Any]]) -> str:
-    text = json.dumps(list(records), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def register_card(conn: Connection, *, pan: str, psn: str, issuer: str) -> None:
