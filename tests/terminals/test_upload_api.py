@@ -40,7 +40,8 @@ def record(**changes):
 
 def post(client: httpx.Client, key: str, body, idem: str | None = None) -> httpx.Response:
     batch = body.get("batch_id") if isinstance(body, dict) else None
-    idem = idem or (batch if isinstance(batch, str) and batch else f"{TID}:x{secrets.token_hex(4)}")
+    usable = isinstance(batch, str) and batch and batch.isascii() and batch.isprintable()  # a header value
+    idem = idem or (batch if usable else f"{TID}:x{secrets.token_hex(4)}")
     return client.post("/v1/clearing/uploads", json=body, headers={"X-API-Key": key, "Idempotency-Key": idem})
 
 
