@@ -474,7 +474,7 @@ def _write_movements(
         params = bulk.json_rows(balance_rows, _BALANCE_COLUMNS, "b_") | bulk.json_rows(
             line_rows, _LINE_COLUMNS
         )
-        conn.exec_driver_sql(_PG_MOVEMENTS, params)
+        bulk.driver_execute(conn, _PG_MOVEMENTS, params)
     elif balance_rows:
         bulk.insert_rows(conn, ledger_balances, balance_rows, suffix=_PG_BALANCES_SUFFIX)
     else:

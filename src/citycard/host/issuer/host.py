@@ -496,9 +496,9 @@ class IssuerHost(IssuerAdmin, RelatedMessages):
             delivered += [{"script_id": i, "d_key": msg.key, "d_at": now} for i in msg.delivered_script_ids]
         if card_params is not None and log_rows:
             log_params = bulk.json_rows(log_rows, MESSAGE_LOG_COLUMNS)
-            conn.exec_driver_sql(_PG_CARDS_AND_LOG, card_params | log_params)
+            bulk.driver_execute(conn, _PG_CARDS_AND_LOG, card_params | log_params)
         elif card_params is not None:
-            conn.exec_driver_sql(_PG_CARD_UPDATE, card_params)
+            bulk.driver_execute(conn, _PG_CARD_UPDATE, card_params)
         else:
             bulk.insert_rows(conn, tables.messages, log_rows)
         if results:
