@@ -1,16 +1,17 @@
-"""Many rows in ONE statement on PostgreSQL: ``INSERT … SELECT * FROM unnest(arrays)``.
+"""Many rows in ONE statement on PostgreSQL: ``INSERT … SELECT … FROM json_to_recordset(rows)``
+(the hot path) or ``… FROM unnest(arrays)`` (callers that build columns).
 
 Why: psycopg 3 runs ``executemany`` as one statement per row (pipelined, but each row is still
 parsed, bound, executed and answered on its own: ≈ 15–25 µs of client CPU plus the server's work per
 row). The hot path writes a few hundred rows per batch (ledger lines, balances, cards, the message
-log), so one statement with one array parameter per column costs a fraction of that: the rows
-travel as arrays and the server runs one plan. The SQL text is fixed (it does not grow with the row
-count), so psycopg prepares it once per connection. The arrays go in psycopg's binary format
-(``%(name)b``): no per-element quoting and escaping as in the text format. SQLite keeps ``executemany``: it runs
+log), so one statement for all of them costs a fraction of that, and the server runs one plan. The
+SQL text is fixed (it does not grow with the row count), so psycopg prepares it once per
+connection. The rows travel as one JSON text (see "rows as one JSON parameter" below); the array
+form sends one binary array per column (``%(name)b``). SQLite keeps ``executemany``: it runs
 in-process, there is no round trip to save.
 
-The rows are written in the order given (``unnest`` yields its arrays in order, and the insert
-follows a plain function scan) — the ledger relies on that for its fixed lock order.
+The rows are written in the order given (``json_to_recordset`` and ``unnest`` yield in order, and the
+insert follows a plain function scan) — the ledger relies on that for its fixed lock order.
 
 Values go to the driver as they are, without SQLAlchemy's type processing: callers pass plain
 ints, strings, bytes, booleans, dates and *aware UTC* datetimes (what ``UTCDateTime`` would bind).
@@ -43,10 +44,7 @@ def _array_type(table: Table, column: str) -> str:
     Strings go as ``TEXT[]``, not ``VARCHAR(n)[]``: an explicit cast to ``VARCHAR(n)`` would
     silently truncate a long value, while the insert's assignment to the column refuses it.
     """
-    kind = table.c[column].type
-    if isinstance(kind, String):
-        return "TEXT[]"
-    return f"{kind.compile(dialect=_PG)}[]"
+    return f"{_column_type(table, column)}[]"
 
 
 @cache
@@ -101,6 +99,7 @@ def together(first: str, then: str) -> str:
 
 
 def _column_type(table: Table, column: str) -> str:
+    """``TEXT``, ``BIGINT``, ``TIMESTAMP WITH TIME ZONE``… for one column (strings: see :func:`_array_type`)."""
     kind = table.c[column].type
     return "TEXT" if isinstance(kind, String) else kind.compile(dialect=_PG)
 
