@@ -31,6 +31,7 @@ from citycard.web.routes import (
     LOGIN_FIELD_CHARS_MAX,
     PREFIX,
     _checked_form,
+    _form_of,
     _lang,
     _platform_error_text,
     _render,
@@ -151,13 +152,10 @@ async def consent_page(request: Request, done: str | None = None) -> Response:
 
 
 async def _consent_change(request: Request, change: str) -> Response:
-    session = await _session(request, "cardholder")
-    if isinstance(session, Response):
-        return session
-    principal, token = session
-    form = await _checked_form(request, security.csrf_for_session(token), principal)
-    if isinstance(form, Response):
-        return form
+    posted = await _form_of(request, await _session(request, "cardholder"))
+    if isinstance(posted, Response):
+        return posted
+    principal, token, form = posted
     institution_id, scope = form.get("institution_id", "")[:16], form.get("scope", "visits")[:16]
 
     def act() -> None:

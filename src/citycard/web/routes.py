@@ -148,7 +148,15 @@ async def _session(request: Request) -> tuple[services.Principal, str] | Respons
 async def _session_form(request: Request) -> tuple[services.Principal, str, dict[str, str]] | Response:
     """A POST from a console page: the operator, the session token and the CSRF-checked form fields,
     or the response to send instead (login, 403, 413)."""
-    session = await _session(request)
+    return await _form_of(request, await _session(request))
+
+
+async def _form_of(
+    request: Request, session: tuple[Any, str] | Response
+) -> tuple[Any, str, dict[str, str]] | Response:
+    """A POST under ``session`` (principal, token — an operator's or, for the health pages, a
+    cardholder's): the principal, the token and the form checked against the session's CSRF token,
+    or the response to send instead."""
     if isinstance(session, Response):
         return session
     principal, token = session
