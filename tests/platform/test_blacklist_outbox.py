@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -173,12 +174,15 @@ def test_the_background_publisher_publishes_a_flag_on_its_own(engine) -> None:
                     actor=ACTOR,
                     at=T0,
                 )
-            for _ in range(200):
-                with read_transaction(engine) as conn:
-                    if blacklist.latest_version(conn, "taxi") > before:
-                        break
+            # Wait on the publisher's own count, not on the version: the drain commits in a worker
+            # thread and the count is updated only when the publisher's coroutine resumes, so a
+            # version seen first could still pair with a count of 0.
+            deadline = time.monotonic() + 30.0
+            while pub.stats.events == 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             assert pub.stats.errors == []
+            with read_transaction(engine) as conn:
+                assert blacklist.latest_version(conn, "taxi") > before
             return pub.stats.events
 
     assert asyncio.run(scenario()) >= 1
