@@ -58,11 +58,18 @@ def test_real_taps_clear_in_both_suites(engine, tapper, verifier, suites) -> Non
         assert balance_fen(conn, operator_account(OPERATOR)) == 2 * sum(AMOUNTS)
         for card in cards:
             assert balance_fen(conn, ec_account(ISSUER, card.pan, card.psn)) == card.balance_fen
-        posting = find_posting(conn, f"tc:{card.pan}:{card.psn}:0001")
-        assert posting is not None and {line.account for line in posting.lines} == {
-            ec_account(ISSUER, card.pan, card.psn),
-            operator_account(OPERATOR),
-        }
+        # Grouped fare postings (batch.fare_postings): per card partition and operator, each card's
+        # EC account debited with its fares, the operator credited with their sum; none per tap.
+        lines = []
+        for number in range(3):
+            posting = find_posting(conn, f"fares:T0001-0001:{number}")
+            if posting is not None:
+                assert sum(line.credit_fen for line in posting.lines) == sum(
+                    line.debit_fen for line in posting.lines
+                )
+                lines += [(line.account, line.debit_fen) for line in posting.lines if line.debit_fen]
+        assert sorted(lines) == sorted((ec_account(ISSUER, c.pan, c.psn), sum(AMOUNTS)) for c in cards)
+        assert find_posting(conn, f"tc:{card.pan}:{card.psn}:0001") is None
         assert conn.execute(sa.select(sa.func.count()).select_from(Tap)).scalar_one() == 24
     report = reconcile(engine)
     assert report["ledger_balanced"] and report["ec_reconciled"], report

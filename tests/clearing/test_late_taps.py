@@ -52,7 +52,11 @@ def test_bus_a_offline_for_days_clears_after_bus_b(engine, tapper, verifier, cap
     assert chain(engine, card) == (2, BALANCE_FEN - 350)  # the late tap does not move the chain
     key = f"{card.pan}:{card.psn}:0001"
     with engine.connect() as conn:
-        assert find_posting(conn, f"tc:{key}") is not None
+        fares = find_posting(conn, "fares:BUS-A-1:0")  # the late tap's fare (batch.fare_postings)
+        assert fares is not None and {(line.account, line.debit_fen) for line in fares.lines} == {
+            (account, 200),
+            (operator_account("bus-1"), 0),
+        }
         assert balance_fen(conn, account) == card.balance_fen == BALANCE_FEN - 350  # = the chip's
         assert balance_fen(conn, operator_account("bus-1")) == 350
         assert check_invariants(conn) == []

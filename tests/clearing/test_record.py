@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from citycard.clearing import synthetic
-from citycard.clearing.batch import CardState, Known, clear_batch
+from citycard.clearing.batch import CardState, Known, clear_batch, ec_account
 from citycard.clearing.record import MalformedRecord, flat_tlv, parse_record
 
 from .conftest import LABELS
@@ -70,13 +70,27 @@ def test_a_tc_that_is_not_a_tc_is_malformed(uploads) -> None:  # type: ignore[no
 
 def test_clear_batch_is_pure_and_checks_both_suites(uploads, verifier) -> None:  # type: ignore[no-untyped-def]
     known = known_for(uploads)
-    first = clear_batch(uploads, keys=verifier, known=known)
-    again = clear_batch(uploads, keys=verifier, known=known)
+    first = clear_batch(uploads, keys=verifier, known=known, batch_id="b1")
+    again = clear_batch(uploads, keys=verifier, known=known, batch_id="b1")
     assert first == again
-    assert len(first.accepted) == len(first.postings) == 12 and first.exceptions == []
+    assert len(first.accepted) == 12 and first.exceptions == []
     assert {a.record.iad[7] for a in first.accepted} == {0x01, 0x04}  # 3DES and SM4 IADs
-    keys = {p.key for p in first.postings}
-    assert keys == {f"tc:{a.record.key}" for a in first.accepted}
+    # grouped fare postings (batch.fare_postings), one per operator here: each card debited with
+    # its fares to that operator, the operator credited with their sum
+    assert [p.key for p in first.postings] == [f"fares:b1:{n}" for n in range(len(first.postings))]
+    expected: dict[tuple[str, str], int] = {}
+    for a in first.accepted:
+        account = ec_account(known.cards[a.record.card].issuer, a.record.pan, a.record.psn)
+        expected[(a.record.operator, account)] = (
+            expected.get((a.record.operator, account), 0) + a.record.amount_fen
+        )
+    found: dict[tuple[str, str], int] = {}
+    for posting in first.postings:
+        [credit] = [line for line in posting.lines if line.credit_fen]
+        operator = credit.account.removeprefix("operator:")
+        assert credit.credit_fen == sum(line.debit_fen for line in posting.lines)
+        found.update({(operator, line.account): line.debit_fen for line in posting.lines if line.debit_fen})
+    assert found == expected
 
 
 def test_clear_batch_exception_reasons(uploads, verifier) -> None:  # type: ignore[no-untyped-def]
@@ -84,7 +98,7 @@ def test_clear_batch_exception_reasons(uploads, verifier) -> None:  # type: igno
     stranger = dict(uploads[1], pan="6299990000000001")
     mixed.append(stranger)
     known = Known(known_for(uploads).cards, {parse_record(uploads[2]).key}, NOW)
-    result = clear_batch(mixed, keys=verifier, known=known)
+    result = clear_batch(mixed, keys=verifier, known=known, batch_id="b1")
     reasons = sorted((e.position, e.reason) for e in result.exceptions)
     assert reasons == [(2, "duplicate"), (12, "duplicate"), (13, "malformed"), (14, "unknown_card")]
     assert len(result.accepted) == 11

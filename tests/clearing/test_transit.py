@@ -118,8 +118,13 @@ def test_entry_then_exit_refunds_the_held_excess(engine, cards, verifier) -> Non
                 (operator_account(OPERATOR), 300, 0),
                 (account, 0, 300),
             }
-            assert find_posting(conn, f"tc:{card.pan}:{card.psn}:0002") is None  # no fare for 0 fen
-            assert find_posting(conn, f"tc:{card.pan}:{card.psn}:0003") is None
+            fares = find_posting(conn, f"fares:T7-{card.suite.name}:0")  # only the entry's 500 fen:
+            assert fares is not None  # the zero-amount taps add nothing to the fare posting
+            assert {(line.account, line.debit_fen, line.credit_fen) for line in fares.lines} == {
+                (account, 500, 0),
+                (operator_account(OPERATOR), 0, 500),
+            }
+            assert find_posting(conn, f"fares:T7-{card.suite.name}:1") is None
             rows = conn.execute(
                 sa.select(Tap).where(Tap.card == f"{card.pan}:{card.psn}").order_by(Tap.atc)
             ).all()

@@ -22,10 +22,12 @@ from citycard.clearing.batch import (
     Checked,
     Cleared,
     Known,
+    batch_postings,
     check_records,
     decide,
     digest_of,
-    postings_for,
+    digest_of_parts,
+    digest_part,
 )
 from citycard.clearing.verify import HsmVerifier, Verifier, VerifierSpec
 
@@ -49,15 +51,20 @@ def _start(spec: VerifierSpec) -> None:
     _verifier = spec.build()
 
 
-def _run(part: list[int]) -> list[tuple[Any, ...]]:
-    """One partition in a worker. Plain tuples travel back: a named tuple is rebuilt on unpickling
-    by a Python-level ``__new__`` per object, several times the cost of a plain one."""
+def _run(task: tuple[list[int], int, int]) -> tuple[list[tuple[Any, ...]], bytes]:
+    """One partition in a worker, and the digest part (batch.digest_part) of the uploads
+    ``start:stop`` — the batch digest's encoding shared by the workers, one slice per task, so it
+    is no serial tail for one worker at the end. Plain tuples travel back: a named tuple is
+    rebuilt on unpickling by a Python-level ``__new__`` per object, several times the cost of a
+    plain one."""
     assert _verifier is not None, "worker started without its verifier"
+    part, start, stop = task
     checked = check_records([_uploads[i] for i in part], keys=_verifier, compact=True)
-    return [
+    rows = [
         (part[position], key, None if tap is None else tuple(tap), problem)
         for position, key, tap, problem in checked
     ]
+    return rows, digest_part(_uploads[start:stop])
 
 
 _new_tuple = tuple.__new__
@@ -80,14 +87,27 @@ def partition(uploads: Sequence[Mapping[str, Any]], parts: int) -> list[list[int
     return out
 
 
+TAPER_SPLIT = 4  # the first and the last partition of a parallel run come in this many pieces
+
+
+def tapered(uploads: Sequence[Mapping[str, Any]], parts: int) -> list[list[int]]:
+    """:func:`partition` into ``parts``, but the first and the last partition each split in
+    :data:`TAPER_SPLIT` smaller ones (still whole cards): the parent, which writes the partitions in
+    turn, waits less for the first one and has less left to write after the workers finish."""
+    if parts < 3:
+        return partition(uploads, parts)
+    fine = partition(uploads, parts * TAPER_SPLIT)  # crc % (parts·4): four fine buckets per partition
+    first, middle, last = fine[:TAPER_SPLIT], fine[TAPER_SPLIT:-TAPER_SPLIT], fine[-TAPER_SPLIT:]
+    merged = [
+        sorted(position for bucket in middle[i : i + TAPER_SPLIT] for position in bucket)
+        for i in range(0, len(middle), TAPER_SPLIT)
+    ]
+    return [*first, *merged, *last]
+
+
 def partitions(count: int, workers: int) -> int:
     """How many card partitions for ``count`` records and ``workers`` processes."""
     return max(workers * PARTITIONS_PER_WORKER, count // RECORDS_PER_PARTITION, 1)
-
-
-def _digest() -> str:
-    """The batch digest (batch.digest_of) of the uploads, in a worker while the parent writes."""
-    return digest_of(_uploads)
 
 
 def checked_parts(
@@ -99,11 +119,12 @@ def checked_parts(
 ) -> Iterator[list[Checked]]:
     """Per card partition, as soon as it is ready, its records checked (:class:`Checked`, positions
     refer to ``uploads``): in ``workers`` forked processes, or in this one when ``workers`` is 1.
-    ``on_digest``, if given, gets ``batch.digest_of(uploads)`` after the last partition (computed
-    by a worker after the partitions, so the single-threaded parent does not spend its time on it)."""
+    ``on_digest``, if given, gets ``batch.digest_of(uploads)`` after the last partition (its
+    encoding done by the workers, a slice with each partition; the parent only hashes the parts)."""
     if not 1 <= workers <= WORKERS_MAX:
         raise ValueError(f"workers must be 1…{WORKERS_MAX}, got {workers}")
-    parts = [p for p in partition(uploads, partitions(len(uploads), workers)) if p]
+    wanted = partitions(len(uploads), workers)
+    parts = [p for p in (partition(uploads, wanted) if workers == 1 else tapered(uploads, wanted)) if p]
     if workers == 1:
         verifier = keys.build() if isinstance(keys, VerifierSpec) else keys
         for part in parts:
@@ -118,26 +139,33 @@ def checked_parts(
     context = multiprocessing.get_context("fork")  # the parent's imports and tables come for free
     _uploads = uploads
     try:
+        count = len(uploads)
+        bounds = [count * i // len(parts) for i in range(len(parts) + 1)]
+        tasks = [(part, bounds[i], bounds[i + 1]) for i, part in enumerate(parts)]
+        digest_parts: list[bytes] = []
         with context.Pool(workers, initializer=_start, initargs=(keys,)) as pool:
-            results = pool.imap(_run, parts)
-            digest = None if on_digest is None else pool.apply_async(_digest)
-            for rows in results:
+            for rows, digest_text in pool.imap(_run, tasks):  # in task order: the slices in order
+                digest_parts.append(digest_text)
                 yield _rebuild(rows)
-            if digest is not None and on_digest is not None:
-                on_digest(digest.get())
+        if on_digest is not None:
+            on_digest(digest_of_parts(digest_parts))
     finally:
         _uploads = ()
 
 
 def clear_parallel(
-    uploads: Sequence[Mapping[str, Any]], *, spec: VerifierSpec, known: Known, workers: int
+    uploads: Sequence[Mapping[str, Any]], *, spec: VerifierSpec, known: Known, workers: int, batch_id: str
 ) -> BatchResult:
     """:func:`~citycard.clearing.batch.clear_batch` with its checks in ``workers`` processes, merged
-    into one :class:`BatchResult` (equal to a single-process run up to order)."""
+    into one :class:`BatchResult` (the same postings and exceptions for any number of workers, up
+    to order; the fare postings are grouped per card partition, as :func:`~citycard.clearing.store.intake`
+    writes them)."""
     merged = BatchResult()
+    fares = 0
     for checked in checked_parts(uploads, keys=spec, workers=workers):
         accepted, exceptions = decide(checked, uploads, known=known)
-        for tap, refunded in accepted:
-            merged.postings.extend(postings_for(tap, known.cards[tap.card].issuer, refunded=refunded))
+        postings = batch_postings(accepted, known.cards, batch_id=batch_id, first=fares)
+        fares += sum(p.key.startswith("fares:") for p in postings)
+        merged.postings.extend(postings)
         merged.exceptions.extend(exceptions)
     return merged

@@ -3,8 +3,8 @@
 - :func:`intake` — one uploaded batch in ONE write transaction: the batch id is the idempotency key
   (a replay with the same records returns the stored summary and changes nothing; other records
   under the same id are refused), state is read from the database, the pure function runs (in
-  ``workers`` processes for big batches), then postings (``tc:PAN:PSN:ATC``, ledger ``post_many``),
-  taps, card chains and exceptions are written. A crash (even ``kill -9``) before the commit leaves
+  ``workers`` processes for big batches), then postings (grouped fares ``fares:BATCH:N``, per-tap
+  refunds), taps, card chains and exceptions are written. A crash (even ``kill -9``) before the commit leaves
   nothing; a rerun then does the whole batch exactly once.
 - :func:`handle_exception` — the operator's accept / reject / refund of a queued exception, audited.
 - :func:`settle` — per operator and settlement day: unsettled taps → gross, fee (rate as data in
@@ -35,6 +35,7 @@ from citycard.clearing.batch import (
     decide,
     digest_of,
     ec_account,
+    fare_postings,
     late_neighbour_keys,
     operator_account,
     postings_for,
@@ -277,17 +278,26 @@ def _write_result(
     exceptions: Sequence[ClearingException],
     known: Known,
     operators: set[str] | None = None,
-) -> None:
-    """Write one partition's result: ledger transfers (bulk), taps, chains, exceptions.
-    ``operators``: the operator accounts already opened in this transaction (filled here)."""
+    fare_seq: int = 0,
+) -> int:
+    """Write one partition's result: grouped fare postings, refund transfers (bulk), taps, chains,
+    exceptions. ``operators``: the operator accounts already opened in this transaction (filled
+    here); ``fare_seq``: the batch's fare postings written before (their keys go on from it).
+    Returns the number of fare postings written."""
     operators = set() if operators is None else operators
     cards = known.cards
     transfers = [
-        t for tap, refunded in cleared for t in transfers_for(tap, cards[tap.card].issuer, refunded=refunded)
+        t
+        for tap, refunded in cleared
+        if refunded or tap.exit_refund_fen
+        for t in transfers_for(tap, cards[tap.card].issuer, refunded=refunded, fares=False)
     ]
     for name in sorted({tap.operator for tap, _ in cleared} - operators):
         open_account(conn, operator_account(name), AccountKind.OPERATOR)
         operators.add(name)
+    fares = fare_postings(cleared, cards, batch_id=batch_id, first=fare_seq)
+    for chunk in _chunks(fares, POSTINGS_PER_BATCH_MAX):
+        post_many(conn, chunk)
     for chunk in _chunks(transfers, TRANSFERS_PER_CALL_MAX):
         post_transfers(conn, chunk, layer=Layer.CLEARED)
     last: dict[str, tuple[int, int]] = {}
@@ -333,6 +343,7 @@ def _write_result(
     ]
     if items:
         conn.execute(sa.insert(ExceptionItem), items)
+    return len(fares)
 
 
 def _same(value: Any) -> Any:
@@ -374,6 +385,7 @@ def intake(
         accepted = 0
         held: list[ClearingException] = []
         operators: set[str] = set()
+        fare_seq = 0  # fare postings written so far (keys fares:BATCH:N)
         digests: list[str] = []  # a new batch: its digest comes from a worker, after the partitions
         # The objects there are now (the uploads above all) go to the collector's permanent
         # generation while the batch clears: forked workers do not touch their copy-on-write pages
@@ -391,7 +403,7 @@ def intake(
                     now,
                 )
                 cleared, rejected = decide(checked, uploads, known=known)
-                _write_result(conn, batch_id, cleared, (), known, operators)
+                fare_seq += _write_result(conn, batch_id, cleared, (), known, operators, fare_seq)
                 accepted, held = accepted + len(cleared), held + rejected
         finally:
             gc.unfreeze()

@@ -1,7 +1,9 @@
 """The bulk posting path: thousands of two-line postings (transfers) with a few statements.
 
-Clearing posts one ``tc:PAN:PSN:ATC`` per tap — a debit of the card's EC account and a credit of
-the operator, same amount — by the hundred thousand. :func:`post_many` builds, checks and writes
+Two-line postings by the thousand — a debit of one account and a credit of another, same amount:
+clearing's per-tap refunds (``refund:``/``exitrefund:PAN:PSN:ATC``, operator → card EC account;
+its fares are grouped postings since the fourth session) and any caller with many simple
+movements. :func:`post_many` builds, checks and writes
 each request on its own (~70 µs per posting on SQLite here); :func:`post_transfers` keeps every
 rule of the ledger and writes a whole chunk at once:
 
