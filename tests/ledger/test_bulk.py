@@ -216,3 +216,25 @@ def test_insufficient_funds_in_a_batch_writes_nothing(engine):
             == []
         )
         assert check_invariants(conn) == []
+
+
+def test_sqlite_inserts_go_straight_to_the_driver_only_when_sqlalchemy_adds_nothing() -> None:
+    import sqlalchemy as sa
+
+    from citycard.ledger.tables import ledger_lines
+
+    dialect = sa.create_engine("sqlite://").dialect
+    line_columns = ("posting_id", "seq", "account_id", "layer", "debit_fen", "credit_fen")
+    assert bulk._plain_insert_sql(ledger_lines, line_columns, dialect) == (
+        "INSERT INTO ledger_lines (posting_id, seq, account_id, layer, debit_fen, credit_fen) VALUES (?, ?, ?, ?, ?, ?)"
+    )
+    # a datetime column needs SQLAlchemy's bind processing: the Core insert stays
+    account_columns = tuple(_account_rows(["x"])[0])
+    assert bulk._plain_insert_sql(ledger_accounts, account_columns, dialect) is None
+    # a column the table does not have is left to SQLAlchemy's own error
+    assert bulk._plain_insert_sql(ledger_lines, (*line_columns, "nope"), dialect) is None
+    # a reserved word is quoted
+    table = sa.Table(
+        "t_plain", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), sa.Column("key", sa.Integer)
+    )
+    assert bulk._plain_insert_sql(table, ("key",), dialect) == 'INSERT INTO t_plain ("key") VALUES (?)'

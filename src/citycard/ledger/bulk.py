@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, String, Table, Text, any_, bindparam
+from sqlalchemy import Connection, String, Table, Text, TypeDecorator, any_, bindparam, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
@@ -182,9 +182,33 @@ def insert_rows(
     if not is_postgresql(conn):
         if suffix:
             raise ValueError("a suffix is for the PostgreSQL statement only")
+        columns = tuple(rows[0])
+        plain = _plain_insert_sql(table, columns, conn.dialect)
+        if plain is not None:  # tuples straight to the driver: no per-value SQLAlchemy processing
+            return conn.exec_driver_sql(plain, [tuple(row[c] for c in columns) for row in rows])
         return conn.execute(table.insert(), list(rows))
     columns = tuple(rows[0])
     return driver_execute(conn, insert_json_sql(table, columns, suffix), json_rows(rows, columns))
+
+
+@cache
+def _plain_insert_sql(table: Table, columns: tuple[str, ...], dialect: Any) -> str | None:
+    """``INSERT … VALUES (?, …)`` for ``columns`` when SQLAlchemy would add nothing to the values:
+    no column given needs a bind processor and no column left out has a Python-side default (the
+    autoincrement key aside); else ``None`` (the Core insert then processes every value)."""
+    given = set(columns)
+    for column in table.columns:
+        if column.name in given:
+            if column.type.bind_processor(dialect) is not None:
+                return None
+        elif column.default is not None or (column.primary_key and column is not table.autoincrement_column):
+            return None
+    if not given <= {c.name for c in table.columns}:
+        return None
+    quote = dialect.identifier_preparer.quote
+    names = ", ".join(quote(c) for c in columns)
+    marks = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {quote(table.name)} ({names}) VALUES ({marks})"
 
 
 def driver_execute(conn: Connection, sql: str, params: Mapping[str, Any]) -> Any:
@@ -212,8 +236,9 @@ def driver_execute(conn: Connection, sql: str, params: Mapping[str, Any]) -> Any
 # --- "column is one of these values" with a fixed SQL text ------------------------------------------
 # ``IN (:a_1, :a_2, …)`` (SQLAlchemy's expanding parameter) is rendered again for every call and its
 # text changes with the list's length, so psycopg can neither cache nor prepare it; on PostgreSQL
-# ``= ANY(:a)`` with one array parameter has one text for every length. SQLite has no arrays and
-# keeps ``IN``. Hot statements are built once per backend with :func:`per_backend`.
+# ``= ANY(:a)`` with one array parameter has one text for every length. SQLite has no arrays: it
+# reads the values of one JSON array parameter. Hot statements are built once per backend with
+# :func:`per_backend`.
 
 Member = Callable[[Any, str], Any]
 
@@ -224,14 +249,29 @@ def _any_of(column: Any, name: str) -> Any:
     return column == any_(bindparam(name, type_=postgresql.ARRAY(item)))
 
 
-def _in_list(column: Any, name: str) -> Any:
-    return column.in_(bindparam(name, expanding=True))
+class _JsonArray(TypeDecorator[Any]):
+    """A list bound as one JSON text (strings and integers only: the lookups' keys and ids)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        return None if value is None else json.dumps(list(value))
+
+
+def _in_json_list(column: Any, name: str) -> Any:
+    # SQLite: ``IN (SELECT value FROM json_each(:a))`` — one parameter and one SQL text for every
+    # length, like ``= ANY`` on PostgreSQL; SQLite still searches the column's index per value
+    # (EXPLAIN: SEARCH … USING INDEX, LIST SUBQUERY). An expanding ``IN (:a_1, …)`` is rendered
+    # again per call: ≈ 1 µs of SQLAlchemy per value, more than SQLite's own search.
+    values = func.json_each(bindparam(name, type_=_JsonArray())).table_valued("value")
+    return column.in_(select(values.c.value))
 
 
 def per_backend(build: Callable[[Member], Any]) -> dict[bool, Any]:
-    """``build(member)`` for PostgreSQL (``= ANY(array)``) and for the others (``IN (…)``);
-    pick the right one with :func:`for_conn`."""
-    return {True: build(_any_of), False: build(_in_list)}
+    """``build(member)`` for PostgreSQL (``= ANY(array)``) and for SQLite (``IN`` a JSON array's
+    values); pick the right one with :func:`for_conn`."""
+    return {True: build(_any_of), False: build(_in_json_list)}
 
 
 def for_conn(statements: dict[bool, Any], conn: Connection) -> Any:
