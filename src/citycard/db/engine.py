@@ -24,6 +24,7 @@ SQLITE_FILE_NAME = "citycard.db"
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for the write lock before "database is locked"
 SQLITE_POOL_SIZE = 8
+SQLITE_CACHE_KIB = 65_536  # page cache per connection (PRAGMA cache_size), allocated as pages are used
 PG_POOL_SIZE = 10  # steady connections per engine (per process)
 PG_POOL_MAX_OVERFLOW = 20  # extra connections under a burst, closed when returned
 PG_POOL_TIMEOUT_S = 30  # wait for a free connection before failing
@@ -145,6 +146,10 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
             _use_wal(cursor)
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # A page cache that holds a day's clearing indexes: with SQLite's default 2 MiB, the
+            # random inserts of a big batch into the tap and ledger indexes miss it on most rows
+            # (measured: 9.4 against 12.0 µs a tap row at 200,000 rows). Memory is taken as used.
+            cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB:d}")
         finally:
             cursor.close()
 
