@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from citycard.db import write_transaction
 from citycard.db.base import utc_now
@@ -238,3 +238,43 @@ def test_sqlite_inserts_go_straight_to_the_driver_only_when_sqlalchemy_adds_noth
         "t_plain", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), sa.Column("key", sa.Integer)
     )
     assert bulk._plain_insert_sql(table, ("key",), dialect) == 'INSERT INTO t_plain ("key") VALUES (?)'
+
+
+_NO_NUL = st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    stored=st.lists(_NO_NUL, max_size=20, unique=True),
+    asked=st.lists(_NO_NUL, max_size=20),
+    pick=st.lists(st.integers(min_value=0, max_value=19), max_size=10),
+)
+def test_sqlite_json_array_lookups_find_exactly_the_values_asked(
+    stored: list, asked: list, pick: list
+) -> None:
+    # quotes, backslashes, non-ASCII and control characters all travel inside the one JSON parameter
+    import sqlalchemy as sa
+
+    table = sa.Table(
+        "t_lookup", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), sa.Column("code", sa.Text)
+    )
+    by_backend = bulk.per_backend(
+        lambda member: sa.select(table.c.code, table.c.id).where(member(table.c.code, "v"))
+    )
+    ids_by_backend = bulk.per_backend(lambda member: sa.select(table.c.id).where(member(table.c.id, "v")))
+    engine = sa.create_engine("sqlite://")
+    with engine.begin() as conn:
+        table.create(conn)
+        if stored:
+            conn.execute(table.insert(), [{"id": i, "code": code} for i, code in enumerate(stored)])
+        wanted = asked + [stored[i] for i in pick if i < len(stored)]
+        found = dict(conn.execute(bulk.for_conn(by_backend, conn), {"v": wanted}).all())
+        assert found == {code: i for i, code in enumerate(stored) if code in wanted}
+        ids = [i for i in pick if i < len(stored)] + [10_000]
+        assert set(conn.execute(bulk.for_conn(ids_by_backend, conn), {"v": ids}).scalars()) == set(ids) - {
+            10_000
+        }
+        assert conn.execute(bulk.for_conn(by_backend, conn), {"v": []}).all() == []
+        # SQLite's JSON reader would cut a NUL short: refused, not silently unmatched
+        with pytest.raises(StatementError, match="contains NUL"):
+            conn.execute(bulk.for_conn(by_backend, conn), {"v": ["a\x00b"]})

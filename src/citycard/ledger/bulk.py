@@ -256,7 +256,13 @@ class _JsonArray(TypeDecorator[Any]):
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Any) -> str | None:
-        return None if value is None else json.dumps(list(value))
+        if value is None:
+            return None
+        values = list(value)
+        if any(type(v) is str and "\x00" in v for v in values):
+            # SQLite's JSON reader ends a string at NUL: such a value would silently match nothing
+            raise ValueError("a lookup value contains NUL (no stored code, key or PAN can)")
+        return json.dumps(values)
 
 
 def _in_json_list(column: Any, name: str) -> Any:
