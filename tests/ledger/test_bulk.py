@@ -240,10 +240,13 @@ def test_sqlite_inserts_go_straight_to_the_driver_only_when_sqlalchemy_adds_noth
     assert bulk._plain_insert_sql(table, ("key",), dialect) == 'INSERT INTO t_plain ("key") VALUES (?)'
 
 
-_NO_NUL = st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=12)
+# sqlite3 cannot store a lone surrogate at all (UnicodeEncodeError on insert): not a lookup question
+_NO_NUL = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=12
+)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     stored=st.lists(_NO_NUL, max_size=20, unique=True),
     asked=st.lists(_NO_NUL, max_size=20),
