@@ -157,9 +157,9 @@ def clear_parallel(
     uploads: Sequence[Mapping[str, Any]], *, spec: VerifierSpec, known: Known, workers: int, batch_id: str
 ) -> BatchResult:
     """:func:`~citycard.clearing.batch.clear_batch` with its checks in ``workers`` processes, merged
-    into one :class:`BatchResult` (the same postings and exceptions for any number of workers, up
-    to order; the fare postings are grouped per card partition, as :func:`~citycard.clearing.store.intake`
-    writes them)."""
+    into one :class:`BatchResult`: the same exceptions and the same movements per account for any
+    number of workers (the fares are grouped per card partition, as
+    :func:`~citycard.clearing.store.intake` writes them, so their grouping follows the partitions)."""
     merged = BatchResult()
     fares = 0
     for checked in checked_parts(uploads, keys=spec, workers=workers):
