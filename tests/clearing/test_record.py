@@ -7,10 +7,12 @@ import datetime as dt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import require_service
 
 from citycard.clearing import synthetic
 from citycard.clearing.batch import CardState, Known, clear_batch, ec_account
 from citycard.clearing.record import MalformedRecord, flat_tlv, parse_record
+from citycard.crypto import libcrypto
 
 from .conftest import LABELS
 
@@ -113,9 +115,15 @@ def _flip(upload: dict, tag_hex: str, offset: int) -> dict:
     return dict(upload, field55=field55[:at] + f"{byte:02X}" + field55[at + 2 :])
 
 
-def test_batch_verification_answers_as_one_by_one(uploads, verifier) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("macs", ["libcrypto", "cryptography"])
+def test_batch_verification_answers_as_one_by_one(uploads, verifier, macs, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """hsm.tc_batch (card keys once per card, a card's session keys in one ECB call) gives exactly
-    SoftHSM.verify_arqc + verify_iad_mac's answers, in both suites, for good and tampered taps."""
+    SoftHSM.verify_arqc + verify_iad_mac's answers, in both suites, for good and tampered taps —
+    with its MACs on the system's libcrypto and on cryptography."""
+    if macs == "libcrypto":
+        require_service(libcrypto.load() is not None, "the system's OpenSSL libcrypto 3 is not usable here")
+    else:
+        monkeypatch.setenv(libcrypto.DISABLE_ENV, "0")
     tampered = [
         _flip(uploads[0], "9F2608", 0),  # the TC
         _flip(uploads[1], "9F2608", 7),

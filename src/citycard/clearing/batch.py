@@ -344,9 +344,25 @@ def check_records(
     """Parse every record and verify its TC and IAD MAC (all of them in one HSM call when the
     verifier has ``forged_taps`` or ``forged_many``). Pure but for ``keys``; needs no database
     state, so it runs in any process over any slice of the uploads. ``compact`` returns
-    :class:`Cleared` rows (cheap to pickle) and, with ``forged_taps``, builds no ClearingRecord for
-    the canonical uploads (:func:`~citycard.clearing.record.parse_fields_fast`)."""
-    out: list[Checked] = []
+    :class:`Cleared` rows (:func:`checked_wire` then :func:`from_wire`) and, with ``forged_taps``,
+    builds no ClearingRecord for the canonical uploads
+    (:func:`~citycard.clearing.record.parse_fields_fast`)."""
+    if compact:
+        return from_wire(checked_wire(records, keys=keys))
+    parsed, out = _parsed(records)
+    reasons = _reasons(parsed, keys)
+    for (position, f), why in zip(parsed, reasons, strict=True):
+        record = ClearingRecord(*f)
+        out.append(
+            _new_tuple(Checked, (position, record.key, record, None if why is None else ("forged", why)))
+        )
+    out.sort(key=_position)
+    return out
+
+
+def _parsed(records: Sequence[Mapping[str, Any]]) -> tuple[list[tuple[int, Any]], list[Any]]:
+    """(position, ClearingRecord fields) of the records that parse; the others as malformed Checked."""
+    malformed: list[Any] = []
     parsed: list[tuple[int, Any]] = []  # (position, the ClearingRecord fields in field order)
     fast = parse_fields_fast
     for position, upload in enumerate(records):
@@ -355,34 +371,63 @@ def check_records(
             try:
                 fields = astuple_record(parse_record_general(upload))
             except MalformedRecord as exc:
-                out.append(Checked(position, record_key(upload), None, ("malformed", str(exc))))
+                malformed.append(Checked(position, record_key(upload), None, ("malformed", str(exc))))
                 continue
         parsed.append((position, fields))
+    return parsed, malformed
+
+
+def _reasons(parsed: Sequence[tuple[int, Any]], keys: Verifier) -> list[str | None]:
     taps = getattr(keys, "forged_taps", None)
     if taps is not None:  # the HSM verifier: the TapToVerify tuples straight from the fields
-        reasons = taps([(f[0], f[1], f[2].to_bytes(2, "big"), f[7], f[6], f[8]) for _, f in parsed])
-    else:
-        many = getattr(keys, "forged_many", None)
-        records_ = [ClearingRecord(*f) for _, f in parsed]
-        reasons = many(records_) if many is not None else [keys.forged(r) for r in records_]
+        return taps([(f[0], f[1], f[2].to_bytes(2, "big"), f[7], f[6], f[8]) for _, f in parsed])
+    many = getattr(keys, "forged_many", None)
+    records_ = [ClearingRecord(*f) for _, f in parsed]
+    return many(records_) if many is not None else [keys.forged(r) for r in records_]
+
+
+def checked_wire(records: Sequence[Mapping[str, Any]], *, keys: Verifier) -> list[tuple[Any, ...]]:
+    """:func:`check_records` (``compact``) as plain rows for a worker process to send back:
+    ``(position, key, tap, problem)`` with ``tap`` the :class:`Cleared` fields but ``tap_at`` (the
+    time travels as its ``tap_at_text``; pickling a datetime costs more than all the rest of a
+    row), in position order. :func:`from_wire` makes them :class:`Checked` again."""
+    parsed, out = _parsed(records)
+    reasons = _reasons(parsed, keys)
+    rows: list[tuple[Any, ...]] = [tuple(c) for c in out]
     for (position, f), why in zip(parsed, reasons, strict=True):
-        pan, psn, atc = f[0], f[1], f[2]
+        pan, psn, atc, transit, at = f[0], f[1], f[2], f[15], f[13]
         key = f"{pan}:{psn}:{atc:04X}"
-        if compact:
-            transit, at = f[15], f[13]
-            tap: ClearingRecord | Cleared = _new_tuple(
-                Cleared,
-                (
-                    key, f"{pan}:{psn}", pan, psn, atc, f[3], f[5], f[10], f[11], f[12], f[9], at,
-                    0 if transit is None else transit.refund_fen, None if transit is None else transit.json(),
-                    sqlite_stamp(at), china_day(at),
-                ),
-            )  # fmt: skip
-        else:
-            tap = ClearingRecord(*f)
-        # tuple.__new__: a named tuple's own __new__ is Python code, ~0.5 µs a record here
-        out.append(_new_tuple(Checked, (position, key, tap, None if why is None else ("forged", why))))
-    out.sort(key=_position)
+        wire = (
+            key, f"{pan}:{psn}", pan, psn, atc, f[3], f[5], f[10], f[11], f[12], f[9],
+            0 if transit is None else transit.refund_fen, None if transit is None else transit.json(),
+            sqlite_stamp(at), china_day(at),
+        )  # fmt: skip
+        rows.append((position, key, wire, None if why is None else ("forged", why)))
+    rows.sort(key=_first)
+    return rows
+
+
+def _first(row: tuple[Any, ...]) -> Any:
+    return row[0]
+
+
+_WIRE_AT = Cleared._fields.index("tap_at")  # where from_wire puts the time back
+_WIRE_AT_TEXT = Cleared._fields.index("tap_at_text") - 1  # its text on the wire (no tap_at before it)
+_from_iso = dt.datetime.fromisoformat
+
+
+def from_wire(rows: Iterable[tuple[Any, ...]], positions: Sequence[int] | None = None) -> list[Checked]:
+    """:func:`checked_wire`'s rows as :class:`Checked` with :class:`Cleared` taps (``tap_at`` an
+    aware UTC time again, read from its text); ``positions`` maps a row's position to the batch's."""
+    new, at, text = _new_tuple, _WIRE_AT, _WIRE_AT_TEXT
+    out = []
+    for position, key, wire, problem in rows:
+        if positions is not None:
+            position = positions[position]
+        if wire is not None:
+            # tap_at_text is sqlite_stamp's "YYYY-MM-DD HH:MM:SS.ffffff", always in UTC
+            wire = new(Cleared, (*wire[:at], _from_iso(wire[text] + "+00:00"), *wire[at:]))
+        out.append(new(Checked, (position, key, wire, problem)))
     return out
 
 

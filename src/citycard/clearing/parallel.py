@@ -5,8 +5,8 @@ Records are partitioned by card (CRC32 of PAN:PSN), so all of a card's taps come
 the parent can decide (duplicates, chain, refunds: :func:`~citycard.clearing.batch.decide`) and
 write each partition as soon as it arrives, while the workers go on. Each worker opens the HSM once
 (:class:`~citycard.clearing.verify.VerifierSpec`) and keeps it for all its partitions, so the
-unwrapped IMKs are cached per worker. The workers never touch the database; only compact
-:class:`~citycard.clearing.batch.Cleared` rows travel back (pickling is the cost that counts).
+unwrapped IMKs are cached per worker. The workers never touch the database; only plain rows
+(:func:`~citycard.clearing.batch.checked_wire`) travel back (pickling is the cost that counts).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any
 from citycard.clearing.batch import (
     BatchResult,
     Checked,
-    Cleared,
     Known,
     batch_postings,
-    check_records,
+    checked_wire,
     decide,
     digest_of,
     digest_of_parts,
     digest_part,
+    from_wire,
 )
 from citycard.clearing.verify import HsmVerifier, Verifier, VerifierSpec
 
@@ -52,30 +52,14 @@ def _start(spec: VerifierSpec) -> None:
 
 
 def _run(task: tuple[list[int], int, int]) -> tuple[list[tuple[Any, ...]], bytes]:
-    """One partition in a worker, and the digest part (batch.digest_part) of the uploads
+    """One partition in a worker (:func:`~citycard.clearing.batch.checked_wire`'s plain rows,
+    positions within the partition), and the digest part (batch.digest_part) of the uploads
     ``start:stop`` — the batch digest's encoding shared by the workers, one slice per task, so it
-    is no serial tail for one worker at the end. Plain tuples travel back: a named tuple is
-    rebuilt on unpickling by a Python-level ``__new__`` per object, several times the cost of a
-    plain one."""
+    is no serial tail for one worker at the end."""
     assert _verifier is not None, "worker started without its verifier"
     part, start, stop = task
-    checked = check_records([_uploads[i] for i in part], keys=_verifier, compact=True)
-    rows = [
-        (part[position], key, None if tap is None else tuple(tap), problem)
-        for position, key, tap, problem in checked
-    ]
+    rows = checked_wire([_uploads[i] for i in part], keys=_verifier)
     return rows, digest_part(_uploads[start:stop])
-
-
-_new_tuple = tuple.__new__
-
-
-def _rebuild(rows: list[tuple[Any, ...]]) -> list[Checked]:
-    """:func:`_run`'s plain rows back as :class:`Checked` with :class:`Cleared` taps."""
-    return [
-        _new_tuple(Checked, (position, key, None if tap is None else _new_tuple(Cleared, tap), problem))
-        for position, key, tap, problem in rows
-    ]
 
 
 def partition(uploads: Sequence[Mapping[str, Any]], parts: int) -> list[list[int]]:
@@ -128,8 +112,7 @@ def checked_parts(
     if workers == 1:
         verifier = keys.build() if isinstance(keys, VerifierSpec) else keys
         for part in parts:
-            checked = check_records([uploads[i] for i in part], keys=verifier, compact=True)
-            yield [c._replace(position=part[c.position]) for c in checked]
+            yield from_wire(checked_wire([uploads[i] for i in part], keys=verifier), part)
         if on_digest is not None:
             on_digest(digest_of(uploads))
         return
@@ -144,9 +127,10 @@ def checked_parts(
         tasks = [(part, bounds[i], bounds[i + 1]) for i, part in enumerate(parts)]
         digest_parts: list[bytes] = []
         with context.Pool(workers, initializer=_start, initargs=(keys,)) as pool:
-            for rows, digest_text in pool.imap(_run, tasks):  # in task order: the slices in order
+            for (part, _, _), (rows, digest_text) in zip(tasks, pool.imap(_run, tasks), strict=True):
+                # in task order: the digest slices in order
                 digest_parts.append(digest_text)
-                yield _rebuild(rows)
+                yield from_wire(rows, part)
         if on_digest is not None:
             on_digest(digest_of_parts(digest_parts))
     finally:
