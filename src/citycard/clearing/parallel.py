@@ -30,6 +30,7 @@ from citycard.clearing.batch import (
     from_wire,
 )
 from citycard.clearing.verify import HsmVerifier, Verifier, VerifierSpec
+from citycard.crypto import libcrypto
 
 PARTITIONS_PER_WORKER = 4  # at least: enough to balance the load between workers
 RECORDS_PER_PARTITION = 2_000  # at most about: the parent starts writing after the first partition
@@ -119,6 +120,9 @@ def checked_parts(
     if not isinstance(keys, VerifierSpec):
         raise ValueError("workers > 1 need a VerifierSpec (each worker opens the HSM itself)")
     global _uploads
+    # Opened here, the forked workers find libcrypto loaded and checked (its cffi declarations take
+    # ~50 ms to parse); each would otherwise do it again before its first partition.
+    libcrypto.load()
     context = multiprocessing.get_context("fork")  # the parent's imports and tables come for free
     _uploads = uploads
     try:
