@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citycard.clearing.batch import digest_of, digest_of_parts, digest_part
+from citycard.clearing.batch import _upload_json, digest_of, digest_of_parts, digest_part
 from citycard.clearing.parallel import TAPER_SPLIT, partition, tapered
 
 json_values = st.recursive(
@@ -25,6 +27,54 @@ def test_the_digest_of_slices_is_the_digest_of_the_batch(records: list, cuts: li
     parts = [digest_part(records[a:b]) for a, b in itertools.pairwise(bounds)]
     assert digest_of_parts(parts) == digest_of(records)
     assert digest_of_parts([]) == digest_of([]) == digest_of_parts([b"", b""])
+
+
+texts = st.text(max_size=6) | st.sampled_from(
+    ["", "6235480000000001", "T-01", 'a"b', "a\\b", "é", "\x7f", "\n", " "]
+)
+numbers = st.integers() | st.booleans() | st.floats(allow_nan=False) | st.none() | texts
+upload_like = st.fixed_dictionaries(
+    {
+        name: texts
+        for name in ("field55", "operator", "pan", "psn", "route", "tap_at", "terminal_id", "vehicle")
+    }
+    | {"amount_fen": st.integers() | numbers, "balance_fen_after": st.integers() | numbers},
+    optional={
+        "transit": st.none() | st.dictionaries(st.text(max_size=4), json_values, max_size=3),
+        "extra": numbers,
+    },
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    records=st.lists(upload_like | st.dictionaries(st.text(max_size=6), json_values, max_size=4), max_size=5)
+)
+def test_the_digest_of_uploads_is_their_canonical_json(records: list) -> None:
+    """Uploads of the usual shape take digest_part's format string: the text is json.dumps's, for
+    any texts (quotes, backslashes, controls, non-ASCII), numbers (bools, floats, big ints) and
+    fields missing, extra or of another type."""
+    expected = json.dumps(records, sort_keys=True, separators=(",", ":"), default=str)
+    assert digest_part(records) == expected[1:-1].encode()
+    assert digest_of(records) == hashlib.sha256(expected.encode()).hexdigest()
+
+
+def test_the_usual_upload_takes_the_format_string() -> None:
+    upload = {
+        "pan": "6235480000000001", "psn": "01", "amount_fen": 200, "balance_fen_after": 9_800,
+        "field55": "9F2608A1B2C3D4E5F60718", "terminal_id": "T0001", "operator": "bus-1", "route": "R12",
+        "vehicle": "V-3", "tap_at": "2026-11-27T08:00:00.123456+00:00",
+    }  # fmt: skip
+    assert _upload_json(upload) == json.dumps(upload, sort_keys=True, separators=(",", ":"))
+    for bad in (
+        {**upload, "pan": 'x"'},
+        {**upload, "amount_fen": True},
+        {**upload, "extra": 1},
+        {**upload, "transit": None},
+    ):
+        assert _upload_json(bad) is None
+    with_transit = {**upload, "transit": {"kind": "exit", "refund_fen": 100}}
+    assert _upload_json(with_transit) == json.dumps(with_transit, sort_keys=True, separators=(",", ":"))
 
 
 def uploads(cards: int, taps: int) -> list[dict]:

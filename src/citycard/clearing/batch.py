@@ -52,6 +52,7 @@ import json
 from collections import defaultdict
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from citycard.clearing.record import (
@@ -84,19 +85,69 @@ def digest_of(records: Sequence[Mapping[str, Any]]) -> str:
     >>> digest_of([{"b": 1, "a": "x"}]) == digest_of([{"a": "x", "b": 1}])
     True
     """
-    text = json.dumps(list(records), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return digest_of_parts([digest_part(records)])  # the SHA-256 of json.dumps(list(records), sort_keys…)
 
 
 def digest_part(records: Sequence[Mapping[str, Any]]) -> bytes:
     """The canonical JSON of consecutive records as :func:`digest_of` hashes it, without the list's
     brackets: the parts of a batch's slices, in order, give its digest (:func:`digest_of_parts`),
-    so workers can share the encoding.
+    so workers can share the encoding. An upload of the usual shape is written by a format string
+    (:func:`_upload_json`), any other record by ``json.dumps``: the same text either way.
 
     >>> digest_of_parts([digest_part([{"a": 1}]), digest_part([]), digest_part([{"b": 2}])]) == digest_of([{"a": 1}, {"b": 2}])
     True
     """
-    return json.dumps(list(records), sort_keys=True, separators=(",", ":"), default=str)[1:-1].encode()
+    fast, dumps = _upload_json, _canonical_json
+    return ",".join([fast(r) or dumps(r) for r in records]).encode()
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+# An upload's fields in sorted order (record.UPLOAD_FIELDS), "transit" aside: its JSON is the same
+# text json.dumps(sort_keys=True) writes when the texts need no escape.
+_UPLOAD_FIELDS_SORTED = itemgetter(
+    "amount_fen", "balance_fen_after", "field55", "operator", "pan", "psn", "route", "tap_at", "terminal_id",
+    "vehicle",
+)  # fmt: skip
+_UPLOAD_FIELD_COUNT = 10
+
+
+def _upload_json(record: Any) -> str | None:
+    """:func:`_canonical_json` of an upload of the usual shape — exactly the upload fields, plain
+    int amounts, texts in printable ASCII without ``"`` or a backslash (JSON writes them as they
+    are), a transit object or none — written by one format string: json.dumps sorts and escapes in
+    general, at three times the cost. ``None`` for any other record."""
+    if type(record) is not dict:
+        return None
+    size = len(record)
+    if size == _UPLOAD_FIELD_COUNT:
+        transit = ""
+    elif size == _UPLOAD_FIELD_COUNT + 1 and type(record.get("transit")) is dict:
+        transit = f'"transit":{_canonical_json(record["transit"])},'
+    else:
+        return None
+    try:
+        amount, after, *texts = _UPLOAD_FIELDS_SORTED(record)
+        joined = "".join(texts)  # a TypeError unless every one is a str
+    except (KeyError, TypeError):
+        return None
+    if (
+        type(amount) is not int
+        or type(after) is not int
+        or not joined.isascii()
+        or not joined.isprintable()
+        or '"' in joined
+        or "\\" in joined
+    ):
+        return None
+    field55, operator, pan, psn, route, tap_at, terminal_id, vehicle = texts
+    return (
+        f'{{"amount_fen":{amount},"balance_fen_after":{after},"field55":"{field55}","operator":"{operator}",'
+        f'"pan":"{pan}","psn":"{psn}","route":"{route}","tap_at":"{tap_at}","terminal_id":"{terminal_id}",'
+        f'{transit}"vehicle":"{vehicle}"}}'
+    )
 
 
 def digest_of_parts(parts: Iterable[bytes]) -> str:
