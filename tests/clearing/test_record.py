@@ -144,19 +144,28 @@ def test_batch_verification_answers_as_one_by_one(uploads, verifier, macs, monke
 @given(
     st.datetimes(
         timezones=st.sampled_from(
-            [dt.UTC, dt.timezone(dt.timedelta(hours=8)), dt.timezone(-dt.timedelta(hours=5))]
+            [
+                dt.UTC,
+                dt.timezone(dt.timedelta(0)),
+                dt.timezone(dt.timedelta(hours=8)),
+                dt.timezone(-dt.timedelta(hours=5)),
+            ]
         )
     )
 )
 def test_the_bulk_writer_stores_times_as_sqlalchemy_would(moment: dt.datetime) -> None:
-    """store._sqlite_stamp (no per-value processing) == UTCDateTime's bind on SQLite."""
+    """store._sqlite_stamp (no per-value processing) == UTCDateTime's bind on SQLite, and
+    batch.china_day is the date in Asia/Shanghai."""
     from sqlalchemy.dialects import sqlite
 
+    from citycard.clearing.batch import china_day
+    from citycard.clearing.record import CHINA_TIME
     from citycard.clearing.store import _sqlite_stamp
     from citycard.clearing.tables import Tap
 
     bind = Tap.__table__.c.tap_at.type._cached_bind_processor(sqlite.dialect())
     assert _sqlite_stamp(moment) == bind(moment)
+    assert china_day(moment) == moment.astimezone(CHINA_TIME).date().isoformat()
 
 
 def test_an_ac_input_tag_of_the_wrong_length_is_malformed(uploads) -> None:  # type: ignore[no-untyped-def]

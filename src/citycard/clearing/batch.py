@@ -264,12 +264,15 @@ class Cleared(NamedTuple):
 
 
 _ZERO = dt.timedelta(0)
+_UTC = dt.UTC
 _CHINA_OFFSET = dt.timedelta(hours=8)  # Asia/Shanghai has had no DST since 1991
 
 
 def sqlite_stamp(moment: dt.datetime) -> str:
     """What SQLAlchemy's SQLite DateTime stores for an aware UTC time (UTCDateTime), without its
     per-value processing: ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC."""
+    if moment.tzinfo is _UTC:  # what the parsers give: its ISO text but the "+00:00"
+        return moment.isoformat(" ", "microseconds")[:26]
     if moment.utcoffset() != _ZERO:
         moment = moment.astimezone(dt.UTC)
     return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
@@ -277,7 +280,9 @@ def sqlite_stamp(moment: dt.datetime) -> str:
 
 def china_day(moment: dt.datetime) -> str:
     """The Asia/Shanghai day of an aware time, ``YYYY-MM-DD`` (the settlement day of a tap)."""
-    return (moment.astimezone(dt.UTC) + _CHINA_OFFSET).date().isoformat()
+    if moment.tzinfo is not _UTC:
+        moment = moment.astimezone(dt.UTC)
+    return (moment + _CHINA_OFFSET).date().isoformat()
 
 
 def tc_posting_key(record: ClearingRecord | Cleared) -> str:

@@ -33,6 +33,7 @@ ATCS_PER_CARD_MAX = 65_536  # a 2-byte ATC
 _SUITES = {suite.name: suite for suite in SUITES}
 _BY_IAD_ID = {suite.iad_algorithm_id: suite for suite in SUITES}
 _SIX_ZEROS = bytes(6)
+_INVERT = bytes(255 - b for b in range(256))  # bytes.translate table: every bit flipped
 _ECB, _CBC_8, _CBC_16 = modes.ECB(), modes.CBC(bytes(8)), modes.CBC(bytes(16))  # immutable, shared
 
 
@@ -49,10 +50,8 @@ class TapToVerify(NamedTuple):
 
 def _session_keys(card_key: bytes, atcs: Sequence[bytes], suite: Suite) -> list[bytes]:
     """The PBOC session keys of ``atcs`` under one card key, in one ECB call (crypto.keys.session_key)."""
-    blocks = b"".join(
-        _SIX_ZEROS + atc + _SIX_ZEROS + (int.from_bytes(atc, "big") ^ 0xFFFF).to_bytes(2, "big")
-        for atc in atcs
-    )
+    zeros, invert = _SIX_ZEROS, _INVERT
+    blocks = b"".join([zeros + atc + zeros + atc.translate(invert) for atc in atcs])  # ATC ⊕ FFFF
     out = suite.ecb_encrypt(card_key, blocks)
     keys = [out[i : i + 16] for i in range(0, len(out), 16)]
     return [adjust_odd_parity(key) for key in keys] if suite.block_bytes == 8 else keys
@@ -74,6 +73,10 @@ def _sm4_cbc_mac(key: bytes, data: bytes) -> bytes:
 
 
 _BLOCK_MACS = {"INTL": _retail_mac, "GM": _sm4_cbc_mac}
+
+
+# ISO/IEC 9797-1 padding method 2 by block size: the suffix for data of length ≡ i (mod block)
+_PADS = {block: [pad_method_2(bytes(i), block)[i:] for i in range(block)] for block in (8, 16)}
 
 
 def _block_macs() -> dict[str, Any]:
@@ -132,7 +135,8 @@ class TcBatchOperations:
         block_macs = _block_macs()
         for (name, pan, psn), indexes in groups.items():
             suite = _SUITES[name]
-            block_mac, block_bytes = block_macs[name], suite.block_bytes
+            block_mac, pads = block_macs[name], _PADS[suite.block_bytes]
+            balance_pad = b"\x00" + pads[8 % len(pads)]  # after ATC ‖ balance: 00, then method 2
             imk_ac, imk_mac = imks[name]
             atcs = [taps[i][2] for i in indexes]
             ac_keys = _session_keys(
@@ -143,12 +147,15 @@ class TcBatchOperations:
             )
             for index, ac_key, mac_key in zip(indexes, ac_keys, mac_keys, strict=True):
                 _, _, atc, ac_input, tc, iad = taps[index]
-                # crypto.cryptogram.pboc_mac without its argument checks (the inputs are built here)
-                if not hmac.compare_digest(block_mac(ac_key, pad_method_2(ac_input, block_bytes))[:8], tc):
+                # crypto.cryptogram.pboc_mac without its argument checks (the inputs are built here),
+                # padded by method 2 (pads: the suffix by length modulo the block)
+                ac_data = ac_input + pads[len(ac_input) % len(pads)]
+                if not hmac.compare_digest(block_mac(ac_key, ac_data)[:8], tc):
                     reasons[index] = f"TC 9F26 does not verify ({name})"
                     continue
-                # 9F10: 8 standard bytes, then 0A 01 balance(5) MAC(4) (pboc-notes §2.4)
-                balance_mac = block_mac(mac_key, pad_method_2(atc + iad[10:15] + b"\x00", block_bytes))[:4]
+                # 9F10: 8 standard bytes, then 0A 01 balance(5) MAC(4) (pboc-notes §2.4); MAC input
+                # ATC ‖ balance ‖ 00, 8 bytes: padded, two blocks of 8 or one of 16
+                balance_mac = block_mac(mac_key, atc + iad[10:15] + balance_pad)[:4]
                 if not hmac.compare_digest(balance_mac, iad[15:19]):
                     reasons[index] = f"IAD EC balance MAC does not verify ({name})"
         return reasons
