@@ -331,13 +331,22 @@ def fare_postings(
     operator credited with the sum — ``fares:BATCH:N``, N counting from ``first``. The taps behind
     a posting are the batch's rows in ``clearing_taps``; refunds stay one posting per tap
     (:func:`transfers_for` with ``fares=False``)."""
-    per_operator: dict[str, dict[str, int]] = {}
+    fen_by_card: dict[tuple[str, str], int] = {}  # (operator, card) → fen: the names per card, below
+    cardholders: dict[str, tuple[str, str]] = {}  # card → (PAN, PSN)
     for tap, _ in cleared:
         amount = tap.amount_fen
         if amount:
-            debits = per_operator.setdefault(tap.operator, {})
-            account = ec_account(cards[tap.card].issuer, tap.pan, tap.psn)
-            debits[account] = debits.get(account, 0) + amount
+            pair = (tap.operator, tap.card)
+            if pair in fen_by_card:
+                fen_by_card[pair] += amount
+            else:
+                fen_by_card[pair] = amount
+                cardholders[tap.card] = (tap.pan, tap.psn)
+    per_operator: dict[str, dict[str, int]] = {}
+    for (operator, card), fen in fen_by_card.items():
+        account = ec_account(cards[card].issuer, *cardholders[card])
+        debits = per_operator.setdefault(operator, {})
+        debits[account] = debits.get(account, 0) + fen
     out = []
     for operator in sorted(per_operator):
         debits = sorted(per_operator[operator].items())
@@ -539,6 +548,7 @@ def decide(
     in_batch: set[str] = set()
     per_card: dict[str, list[tuple[ClearingRecord | Cleared, int]]] = defaultdict(list)
     cards, seen, now = known.cards, known.seen, known.now
+    oldest, newest = now - LATE_AFTER, now + FUTURE_SLACK  # now − tap_at > LATE_AFTER ⇔ tap_at < oldest
     for position, key, record, problem in checked:
         if record is None:
             assert problem is not None
@@ -549,26 +559,25 @@ def decide(
             reject(position, key, "duplicate", f"PAN+PSN+ATC {key} already cleared {where}")
             continue
         in_batch.add(key)
-        if record.card not in cards:
+        card, tap_at = record.card, record.tap_at
+        if card not in cards:
             reject(
                 position,
                 key,
                 "unknown_card",
-                f"card {record.card} is not registered with clearing or has no EC ledger account",
+                f"card {card} is not registered with clearing or has no EC ledger account",
             )
             continue
-        if now - record.tap_at > LATE_AFTER:
-            reject(
-                position, key, "late", f"tapped {record.tap_at.isoformat()}, over {LATE_AFTER.days} days ago"
-            )
+        if tap_at < oldest:
+            reject(position, key, "late", f"tapped {tap_at.isoformat()}, over {LATE_AFTER.days} days ago")
             continue
-        if record.tap_at - now > FUTURE_SLACK:
-            reject(position, key, "malformed", f"tap_at {record.tap_at.isoformat()} is in the future")
+        if tap_at > newest:
+            reject(position, key, "malformed", f"tap_at {tap_at.isoformat()} is in the future")
             continue
         if problem is not None:
             reject(position, key, *problem)
             continue
-        per_card[record.card].append((record, position))
+        per_card[card].append((record, position))
 
     for card, taps in per_card.items():
         state = cards[card]

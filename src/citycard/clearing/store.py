@@ -324,7 +324,17 @@ def _write_result(
     else:
         stamp = sqlite_stamp
         if cleared:
-            conn.exec_driver_sql(_SQLITE_TAP, [_tap_tuple(t, batch_id, r, stamp) for t, r in cleared])
+            rows = [
+                # a worker's Cleared row carries its texts: the tuple straight, no call (_tap_tuple)
+                (
+                    t.key, t.card, t.atc, batch_id, t.operator, t.route, t.vehicle, t.terminal_id, t.tap_at_text,
+                    t.day, t.amount_fen, t.balance_after_fen, r, t.exit_refund_fen or None, t.transit,
+                )
+                if type(t) is Cleared and t.tap_at_text
+                else _tap_tuple(t, batch_id, r, stamp)
+                for t, r in cleared
+            ]  # fmt: skip
+            conn.exec_driver_sql(_SQLITE_TAP, rows)
         if chains:
             conn.exec_driver_sql(_SQLITE_CHAIN, chains)
     now = utc_now()
