@@ -11,6 +11,7 @@ from typing import Any
 from tests.kernel.conftest import make_terminal
 
 from citycard.crypto.suite import GM, INTL
+from citycard.db import utc_now
 from citycard.kernel.capp import HsmCappSigner
 from citycard.kernel.context import TerminalProfile
 from citycard.kernel.outcome import Outcome
@@ -117,6 +118,10 @@ class Platform:
         self.thread: Any = None
         self.base_url = ""
         self.keys: dict[str, str] = {}
+        # The taps happen from MORNING on (today 08:00 in Shanghai: the cards' effective day), which
+        # is still ahead of the real clock between 16:00 and 24:00 UTC; clearing refuses taps from the
+        # future, so until a test sets its own clock the platform's runs no earlier than MORNING + 3 h.
+        self.app.state.clock = lambda: max(utc_now(), MORNING + dt.timedelta(hours=3))
 
     def start(self) -> str:
         from tests.httpserver import start_server
