@@ -331,7 +331,7 @@ _FAST_FIELDS = itemgetter(  # every upload field but the optional transit
 )  # fmt: skip
 _FAST_FIELD_COUNT = 10
 _CHINA_OFFSET = dt.timedelta(hours=8)  # Asia/Shanghai has had no DST since 1991
-_BCD_CACHE_MAX = 4_096  # fares repeat: their 9F02 BCD, and the date checks, come from a dict
+_BCD_CACHE_MAX = 4_096  # fares repeat: their 9F02 BCD, and the date checks, come from a dict (bounded)
 _fare_bcd: dict[int, bytes] = {}
 _date_fits: dict[tuple[bytes, dt.date], bool] = {}
 
@@ -366,6 +366,8 @@ def parse_fields_fast(upload: Any) -> tuple[Any, ...] | None:
     try:
         pan, psn, terminal_id, operator, route, vehicle, amount, after, text, when = _FAST_FIELDS(upload)
         plain = "\n".join((pan, psn, terminal_id, operator, route, vehicle))  # a TypeError unless all str
+        if len(text) > FIELD55_HEX_MAX:  # bounded before it is decoded (the general parser names it)
+            return None
         raw = bytes.fromhex(text)  # TypeError unless a str
         tap_at = dt.datetime.fromisoformat(when)
     except (KeyError, TypeError, ValueError):
@@ -398,8 +400,9 @@ def parse_fields_fast(upload: Any) -> tuple[Any, ...] | None:
     fare = _fare_bcd.get(amount)
     if fare is None:
         fare = _bcd12(amount)
-        if len(_fare_bcd) < _BCD_CACHE_MAX:
-            _fare_bcd[amount] = fare
+        if len(_fare_bcd) >= _BCD_CACHE_MAX:  # a long-running server: start over, keep caching
+            _fare_bcd.clear()
+        _fare_bcd[amount] = fare
     # the BCD values equal the plain fields' encodings: valid BCD and the same amounts at once
     if not (
         values[layout.amount] == fare
@@ -414,8 +417,9 @@ def parse_fields_fast(upload: Any) -> tuple[Any, ...] | None:
     fits = _date_fits.get(date_key)
     if fits is None:
         fits = _fits_date(*date_key)
-        if len(_date_fits) < _BCD_CACHE_MAX:
-            _date_fits[date_key] = fits
+        if len(_date_fits) >= _BCD_CACHE_MAX:  # old days fill it in a long-running server: start over
+            _date_fits.clear()
+        _date_fits[date_key] = fits
     if not fits:
         return None
     ac_input = b"".join(layout.ac_input(values)) + b"\x03" + iad[4:7]
