@@ -53,3 +53,31 @@ def test_rows_seen_in_a_rolled_back_transaction_are_not_kept(ledger) -> None:
     assert cache.get("merchant:gone") is None and not cache.pending
     with write_transaction(ledger) as conn, pytest.raises(UnknownAccount, match="merchant:gone"):
         post_many(conn, [transfer("g2", FUNDING, "merchant:gone", 10)], account_cache=cache)
+
+
+def test_a_one_transaction_cache_serves_open_codes_rows_without_a_second_lookup(ledger, monkeypatch) -> None:
+    from citycard.ledger import journal
+
+    read: list[list[str]] = []
+    real = journal._read_accounts
+    monkeypatch.setattr(
+        journal, "_read_accounts", lambda conn, codes: read.append(list(codes)) or real(conn, codes)
+    )
+    cache = AccountCache(one_transaction=True)
+    with write_transaction(ledger) as conn:
+        assert journal.open_codes(conn, [EC, FUNDING, "ec:never-opened"], cache) == {EC, FUNDING}
+        assert cache.get(EC).id > 0 and cache.get("ec:never-opened") is None
+        assert journal.open_codes(conn, [EC], cache) == {EC}  # from the cache now
+        post_many(conn, [transfer("t1", FUNDING, EC, 100)], account_cache=cache)
+    assert [codes for codes in read if codes] == [sorted([EC, FUNDING, "ec:never-opened"])]  # post_many: none
+    with write_transaction(ledger) as conn:
+        assert balances(conn, [EC, FUNDING]) == {EC: 100, FUNDING: -100}
+
+
+def test_a_plain_cache_serves_nothing_before_commit(ledger) -> None:
+    from citycard.ledger.journal import open_codes
+
+    cache = AccountCache()
+    with write_transaction(ledger) as conn:
+        assert open_codes(conn, [EC], cache) == {EC}
+    assert cache.get(EC) is None and EC in cache.pending  # the caller has not said it committed

@@ -59,7 +59,7 @@ from citycard.ledger import (
     open_account,
     post_many,
 )
-from citycard.ledger.tables import ledger_accounts
+from citycard.ledger.journal import AccountCache, open_codes
 from citycard.ledger.transfers import TRANSFERS_PER_CALL_MAX, post_transfers
 
 RECORDS_PER_BATCH_MAX = 2_000_000  # one upload; ~ four days of a mid-size city's buses
@@ -143,15 +143,19 @@ _NEIGHBOURS = bulk.per_backend(
         member(Tap.__table__.c.key, "values")
     )
 )
-_OPENED = bulk.per_backend(
-    lambda member: sa.select(ledger_accounts.c.code).where(member(ledger_accounts.c.code, "values"))
-)
 
 
 def load_known_for(
-    conn: Connection, keys: Sequence[str], cards: set[str], refunding: set[str], now: dt.datetime
+    conn: Connection,
+    keys: Sequence[str],
+    cards: set[str],
+    refunding: set[str],
+    now: dt.datetime,
+    accounts: AccountCache | None = None,
 ) -> Known:
-    """:class:`Known` for exact tap keys and cards (``refunding``: the cards with an exit refund)."""
+    """:class:`Known` for exact tap keys and cards (``refunding``: the cards with an exit refund).
+    ``accounts``: a cache of this transaction (``one_transaction``) that keeps the EC account rows
+    read here, so the fare postings after need no second lookup."""
     seen: set[str] = set()
     for chunk in _chunks(sorted(set(keys)), KEYS_PER_QUERY_MAX):
         seen.update(conn.execute(bulk.for_conn(_SEEN, conn), {"values": chunk}).scalars())
@@ -162,9 +166,7 @@ def load_known_for(
     # A card whose EC ledger account was never opened would fail the whole batch in the ledger
     # (UnknownAccount); leaving it out of Known makes its taps "unknown_card" exceptions instead.
     codes = {ec_account(state.issuer, *card.split(":")): card for card, state in states.items()}
-    opened: set[str] = set()
-    for chunk in _chunks(sorted(codes), KEYS_PER_QUERY_MAX):
-        opened.update(conn.execute(bulk.for_conn(_OPENED, conn), {"values": chunk}).scalars())
+    opened = open_codes(conn, codes, AccountCache() if accounts is None else accounts)
     known_cards = {card: states[card] for code, card in codes.items() if code in opened}
     refundable = refundable_fen(conn, sorted(refunding & set(known_cards)))
     return Known(known_cards, seen, now, refundable, _late_neighbours(conn, keys, known_cards))
@@ -279,6 +281,7 @@ def _write_result(
     known: Known,
     operators: set[str] | None = None,
     fare_seq: int = 0,
+    accounts: AccountCache | None = None,
 ) -> int:
     """Write one partition's result: grouped fare postings, refund transfers (bulk), taps, chains,
     exceptions. ``operators``: the operator accounts already opened in this transaction (filled
@@ -297,7 +300,7 @@ def _write_result(
         operators.add(name)
     fares = fare_postings(cleared, cards, batch_id=batch_id, first=fare_seq)
     for chunk in _chunks(fares, POSTINGS_PER_BATCH_MAX):
-        post_many(conn, chunk)
+        post_many(conn, chunk, account_cache=accounts)
     for chunk in _chunks(transfers, TRANSFERS_PER_CALL_MAX):
         post_transfers(conn, chunk, layer=Layer.CLEARED)
     last: dict[str, tuple[int, int]] = {}
@@ -397,6 +400,7 @@ def intake(
         operators: set[str] = set()
         fare_seq = 0  # fare postings written so far (keys fares:BATCH:N)
         digests: list[str] = []  # a new batch: its digest comes from a worker, after the partitions
+        accounts = AccountCache(one_transaction=True)  # the EC rows load_known_for reads, for post_many
         # The objects there are now (the uploads above all) go to the collector's permanent
         # generation while the batch clears: forked workers do not touch their copy-on-write pages
         # when they collect, and the full collections set off by the rows built here do not walk
@@ -411,9 +415,10 @@ def intake(
                     {t.card for t in taps},
                     {t.card for t in taps if t.exit_refund_fen},
                     now,
+                    accounts,
                 )
                 cleared, rejected = decide(checked, uploads, known=known)
-                fare_seq += _write_result(conn, batch_id, cleared, (), known, operators, fare_seq)
+                fare_seq += _write_result(conn, batch_id, cleared, (), known, operators, fare_seq, accounts)
                 accepted, held = accepted + len(cleared), held + rejected
         finally:
             gc.unfreeze()

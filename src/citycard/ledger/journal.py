@@ -17,6 +17,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -71,8 +72,9 @@ class Draft:
     entries: tuple[Entry, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _Account:
+class _Account(NamedTuple):
+    """An open account's row as the hot path needs it (a tuple: one is made per account and batch)."""
+
     id: int
     allow_negative: bool
     balance_slots: int
@@ -95,16 +97,22 @@ class AccountCache:
     (7, 1)
     """
 
-    def __init__(self, limit: int = 1_000_000) -> None:
+    def __init__(self, limit: int = 1_000_000, *, one_transaction: bool = False) -> None:
         self.limit = limit  # about 100 bytes a row; past it the cache starts over
         self._rows: dict[str, _Account] = {}
         self.pending: dict[str, _Account] = {}
+        # A cache made inside one transaction and dropped with it (clearing's intake) may serve the
+        # rows that transaction found at once: they cannot outlive it.
+        self._one_transaction = one_transaction
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def get(self, code: str) -> _Account | None:
-        return self._rows.get(code)
+        row = self._rows.get(code)
+        if row is None and self._one_transaction:
+            row = self.pending.get(code)
+        return row
 
     def committed(self) -> None:
         if len(self._rows) + len(self.pending) > self.limit:
@@ -138,14 +146,14 @@ class _Statements:
             .on_conflict_do_nothing()  # any unique constraint: the key, or a follower on origin_id
             .returning(_P.id, _P.key)
         )
-        upsert = _insert(conn, ledger_balances)
-        self.add_to_balance = upsert.on_conflict_do_update(
-            index_elements=[_B.account_id, _B.layer, _B.slot],
-            set_={"balance_fen": _B.balance_fen + upsert.excluded.balance_fen},
-        )
 
 
 _STATEMENTS: dict[str, _Statements] = {}
+# The balance upsert on SQLite, straight to the driver (its values are ints: nothing to process)
+_SQLITE_ADD_TO_BALANCE = (
+    "INSERT INTO ledger_balances (account_id, layer, slot, balance_fen) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (account_id, layer, slot) DO UPDATE SET balance_fen = balance_fen + excluded.balance_fen"
+)
 # The same two statements as one-statement ``unnest`` inserts on PostgreSQL (:mod:`.bulk`).
 _PG_POSTINGS_SUFFIX = "ON CONFLICT DO NOTHING RETURNING id, key"
 _PG_BALANCES_SUFFIX = (
@@ -249,16 +257,34 @@ def _accounts(
             else:
                 found[code] = row
         wanted.sort()
-    for start in range(0, len(wanted), CODES_PER_QUERY_MAX):
-        chunk = wanted[start : start + CODES_PER_QUERY_MAX]
-        for row in conn.execute(bulk.for_conn(_LOOKUP, conn), {"codes": chunk}):
-            found[row.code] = _Account(int(row.id), bool(row.allow_negative), int(row.balance_slots))
+    found.update(_read_accounts(conn, wanted))
     missing = [code for code in wanted if code not in found]
     if missing:
         raise UnknownAccount(f"unknown account{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
     if cache is not None:
         cache.pending.update((code, found[code]) for code in wanted)
     return found
+
+
+def _read_accounts(conn: Connection, codes: Sequence[str]) -> dict[str, _Account]:
+    """The rows of those ``codes`` that name open accounts, read per :data:`CODES_PER_QUERY_MAX`."""
+    found: dict[str, _Account] = {}
+    lookup = bulk.for_conn(_LOOKUP, conn)
+    for start in range(0, len(codes), CODES_PER_QUERY_MAX):
+        chunk = codes[start : start + CODES_PER_QUERY_MAX]
+        for code, account_id, allow_negative, slots in conn.execute(lookup, {"codes": chunk}):
+            found[code] = _Account(int(account_id), bool(allow_negative), int(slots))
+    return found
+
+
+def open_codes(conn: Connection, codes: Iterable[str], cache: AccountCache) -> set[str]:
+    """Which of ``codes`` name open accounts. Codes ``cache`` lacks are read, and their rows go to
+    its ``pending`` (a :func:`post_many` with the same cache then needs no lookup for them)."""
+    wanted = set(codes)
+    have = {code for code in wanted if cache.get(code) is not None}
+    found = _read_accounts(conn, sorted(wanted - have))
+    cache.pending.update(found)
+    return have | set(found)
 
 
 # --- posting ----------------------------------------------------------------------------------------
@@ -438,7 +464,8 @@ def _move_balances(
     }
     if guarded:
         ids = sorted(guarded)
-        conn.execute(bulk.for_conn(_LOCK, conn), {"ids": ids}).all()
+        if bulk.is_postgresql(conn):  # SQLite has no row locks: its BEGIN IMMEDIATE already holds them all
+            conn.execute(_LOCK[True], {"ids": ids}).all()
         held = dict(conn.execute(bulk.for_conn(_HELD, conn), {"ids": ids}).all())
         for account_id in ids:
             code, delta = guarded[account_id]
@@ -466,8 +493,11 @@ def _write_movements(
     the order among balance rows alone decides waits, as before. Elsewhere: two ``executemany``.
     """
     if not bulk.is_postgresql(conn):
-        if balance_rows:
-            conn.execute(_statements(conn).add_to_balance, balance_rows)
+        if balance_rows:  # tuples straight to the driver: SQLAlchemy's per-row processing cost more
+            conn.exec_driver_sql(
+                _SQLITE_ADD_TO_BALANCE,
+                [(r["account_id"], r["layer"], r["slot"], r["balance_fen"]) for r in balance_rows],
+            )
         bulk.insert_rows(conn, ledger_lines, line_rows)
         return
     if balance_rows and line_rows:
