@@ -174,3 +174,41 @@ def test_an_ac_input_tag_of_the_wrong_length_is_malformed(uploads) -> None:  # t
     short = field55[:at] + "9F3703" + field55[at + 6 : at + 12] + field55[at + 14 :]  # 9F37 of 3 bytes
     with pytest.raises(MalformedRecord, match="9F37 must be 4 bytes, got 3"):
         parse_record(uploads[0] | {"field55": short})
+
+
+_TEXT_SHAPES = st.sampled_from(
+    [
+        lambda m: m.isoformat(),  # the validators' shape when the time is whole seconds in UTC
+        lambda m: m.isoformat(timespec="seconds"),
+        lambda m: m.isoformat(" ", timespec="seconds"),
+        lambda m: m.isoformat(timespec="microseconds"),
+        lambda m: m.astimezone(dt.timezone(dt.timedelta(hours=8))).isoformat(timespec="seconds"),
+        lambda m: m.strftime("%G-W%V-%uT%H:%M:%S+00:00"),  # an ISO week date of the same length
+        lambda m: m.strftime("%Y-%jT%H:%M:%S+00:00"),  # an ordinal date
+        lambda m: m.isoformat(timespec="seconds").replace("+00:00", "Z"),
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    moment=st.datetimes(
+        min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2099, 12, 30), timezones=st.just(dt.UTC)
+    ),
+    shape=_TEXT_SHAPES,
+    whole=st.booleans(),
+)
+def test_tap_texts_sliced_from_the_upload_equal_the_formatted_ones(moment, shape, whole) -> None:  # type: ignore[no-untyped-def]
+    """batch.tap_texts: the texts cut from an upload's tap_at == sqlite_stamp and china_day of the
+    time parsed from it, whatever the text's shape (only the validators' shape is cut)."""
+    from citycard.clearing.batch import china_day, sqlite_stamp, tap_texts
+
+    if whole:
+        moment = moment.replace(microsecond=0)
+    text = shape(moment)
+    try:
+        parsed = dt.datetime.fromisoformat(text).astimezone(dt.UTC)
+    except ValueError:
+        return  # a shape this Python does not read: the parser refuses the upload before
+    assert tap_texts(text, parsed) == (sqlite_stamp(parsed), china_day(parsed))
+    assert tap_texts(None, parsed) == (sqlite_stamp(parsed), china_day(parsed))

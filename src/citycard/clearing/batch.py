@@ -278,6 +278,20 @@ def sqlite_stamp(moment: dt.datetime) -> str:
     return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
+def tap_texts(when: Any, moment: dt.datetime) -> tuple[str, str]:
+    """(:func:`sqlite_stamp`, :func:`china_day`) of ``moment``, the time an upload's ``tap_at`` text
+    ``when`` was parsed to: sliced from the text when it has the validators' shape
+    ``YYYY-MM-DDTHH:MM:SS+00:00`` (whose fields are then exactly the time's), else formatted from the
+    time. Both ways give the same texts (hypothesis-tested); slicing costs a quarter of formatting."""
+    if (
+        type(when) is str and len(when) == 25 and when[19:] == "+00:00"
+        and when[4] == "-" and when[7] == "-" and when[13] == ":" and when[16] == ":"
+    ):  # fmt: skip
+        stamp = f"{when[:10]} {when[11:19]}.000000"
+        return stamp, when[:10] if when[11:13] < "16" else china_day(moment)  # 16:00 UTC: 00:00 in China
+    return sqlite_stamp(moment), china_day(moment)
+
+
 def china_day(moment: dt.datetime) -> str:
     """The Asia/Shanghai day of an aware time, ``YYYY-MM-DD`` (the settlement day of a tap)."""
     if moment.tzinfo is not _UTC:
@@ -462,10 +476,12 @@ def checked_wire(records: Sequence[Mapping[str, Any]], *, keys: Verifier) -> lis
     for (position, f), why in zip(parsed, reasons, strict=True):
         pan, psn, atc, transit, at = f[0], f[1], f[2], f[15], f[13]
         key = f"{pan}:{psn}:{atc:04X}"
+        upload = records[position]
+        at_text, day = tap_texts(upload.get("tap_at") if type(upload) is dict else None, at)
         wire = (
             key, f"{pan}:{psn}", pan, psn, atc, f[3], f[5], f[10], f[11], f[12], f[9],
             0 if transit is None else transit.refund_fen, None if transit is None else transit.json(),
-            sqlite_stamp(at), china_day(at),
+            at_text, day,
         )  # fmt: skip
         rows.append((position, key, wire, None if why is None else ("forged", why)))
     rows.sort(key=_first)

@@ -404,12 +404,13 @@ def parse_fields_fast(upload: Any) -> tuple[Any, ...] | None:
             _fare_bcd.clear()
         _fare_bcd[amount] = fare
     # the BCD values equal the plain fields' encodings: valid BCD and the same amounts at once
+    balance = _bcd12(after)
     if not (
         values[layout.amount] == fare
         and iad[0] == 0x07 and iad[3] == 0x03 and iad[8] == 0x0A and iad[9] == IDD_TYPE_EC
-        and after < 10**10 and iad[10:15] == _bcd12(after)[1:]
+        and after < 10**10 and iad[10:15] == balance[1:]
         and (layout.cid < 0 or values[layout.cid][0] & 0xC0 == CID_TC)
-        and (layout.balance < 0 or values[layout.balance] == _bcd12(after))
+        and (layout.balance < 0 or values[layout.balance] == balance)
     ):  # fmt: skip
         return None
     local = (tap_at + _CHINA_OFFSET).date()

@@ -27,10 +27,12 @@ import os
 import threading
 from typing import Any
 
+from citycard.crypto.blockcipher import sm4_ecb_encrypt, tdes_ecb_encrypt
 from citycard.crypto.mac import retail_mac, sm4_cbc_mac
 
 DISABLE_ENV = "CITYCARD_LIBCRYPTO"  # "0": never use libcrypto (A/B measurements, the fallback's tests)
 DATA_BYTES_MAX = 4_096  # one MAC's padded input; the AC input is 40 bytes, the IAD MAC's 8 or 16
+ECB_BYTES_MAX = 1 << 20  # one ECB call (a card's session-key blocks: 16 bytes per ATC)
 LIBRARY_NAMES = ("libcrypto.so.3", "libcrypto.3.dylib")
 
 _CDEF = """
@@ -56,26 +58,63 @@ int EVP_EncryptUpdate(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl,
 
 _ZERO_8, _ZERO_16 = bytes(8), bytes(16)
 _lock = threading.Lock()
-_state: dict[str, Any] = {}  # "ffi", "lib", "sm4" once loaded; "failed" when it could not be
+_state: dict[str, Any] = {}  # "ffi", "lib", "ciphers" once loaded; "failed" when it could not be
+
+
+CIPHERS = ("SM4-CBC", "SM4-ECB", "DES-EDE3-ECB")  # the EVP ciphers an instance keeps a context of
 
 
 class LibcryptoMacs:
-    """The two block MACs on libcrypto; not thread-safe (its buffers and context are its own)."""
+    """The two block MACs, and ECB encryption under keys that change per call, on libcrypto; not
+    thread-safe (its buffers and contexts are its own)."""
 
-    def __init__(self, ffi: Any, lib: Any, sm4_cbc: Any):
-        self._ffi, self._lib, self._sm4_cbc = ffi, lib, sm4_cbc
+    def __init__(self, ffi: Any, lib: Any, ciphers: dict[str, Any]):
+        self._ffi, self._lib = ffi, lib
         self._k1 = ffi.new("DES_key_schedule *")
         self._k2 = ffi.new("DES_key_schedule *")
         self._chain = ffi.new("unsigned char[8]")
         self._mac = ffi.new("unsigned char[8]")
         self._out = ffi.new(f"unsigned char[{DATA_BYTES_MAX}]")
         self._outl = ffi.new("int *")
+        self._ctx, self._sm4_ecb, self._tdes_ecb = (self._context(ciphers[name], name) for name in CIPHERS)
+
+    def _context(self, cipher: Any, name: str) -> Any:
+        ffi, lib = self._ffi, self._lib
         ctx = lib.EVP_CIPHER_CTX_new()
         if ctx == ffi.NULL:
             raise MemoryError("EVP_CIPHER_CTX_new failed")
-        self._ctx = ffi.gc(ctx, lib.EVP_CIPHER_CTX_free)
-        if not lib.EVP_EncryptInit_ex(self._ctx, sm4_cbc, ffi.NULL, _ZERO_16, _ZERO_16):
-            raise ValueError("EVP_EncryptInit_ex(SM4-CBC) failed")
+        ctx = ffi.gc(ctx, lib.EVP_CIPHER_CTX_free)
+        key = bytes(24) if name.startswith("DES") else _ZERO_16
+        if not lib.EVP_EncryptInit_ex(ctx, cipher, ffi.NULL, key, _ZERO_16 if name.endswith("CBC") else ffi.NULL):
+            raise ValueError(f"EVP_EncryptInit_ex({name}) failed")
+        return ctx
+
+    def _ecb(self, ctx: Any, key: bytes, data: bytes, block: int, what: str) -> bytes:
+        size = len(data)
+        if size % block or not block <= size <= ECB_BYTES_MAX:
+            raise ValueError(f"{what}: data {block}…{ECB_BYTES_MAX} bytes in whole blocks, got {size}")
+        ffi, lib, out, outl = self._ffi, self._lib, self._out, self._outl
+        if not lib.EVP_EncryptInit_ex(ctx, ffi.NULL, ffi.NULL, key, ffi.NULL):
+            raise ValueError(f"EVP_EncryptInit_ex({what}) failed")
+        parts = []
+        for start in range(0, size, DATA_BYTES_MAX):  # ECB: the blocks are independent
+            chunk = data[start : start + DATA_BYTES_MAX]
+            if not lib.EVP_EncryptUpdate(ctx, out, outl, chunk, len(chunk)) or outl[0] != len(chunk):
+                raise ValueError(f"EVP_EncryptUpdate({what}) failed")
+            parts.append(ffi.buffer(out, len(chunk))[:])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def tdes_ecb_encrypt(self, key: bytes, data: bytes) -> bytes:
+        """crypto.blockcipher.tdes_ecb_encrypt for a 16-byte key K1‖K2 (3DES EDE with K1‖K2‖K1)."""
+        if len(key) != 16:
+            raise ValueError(f"3DES ECB: key 16 bytes, got {len(key)}")
+        return self._ecb(self._tdes_ecb, key + key[:8], data, 8, "DES-EDE3-ECB")
+
+    def sm4_ecb_encrypt(self, key: bytes, data: bytes) -> bytes:
+        """crypto.blockcipher.sm4_ecb_encrypt."""
+        if len(key) != 16:
+            raise ValueError(f"SM4 ECB: key 16 bytes, got {len(key)}")
+        return self._ecb(self._sm4_ecb, key, data, 16, "SM4-ECB")
 
     def retail_mac(self, key: bytes, data: bytes) -> bytes:
         """ISO/IEC 9797-1 MAC algorithm 3 (IV zero) of padded ``data`` (two blocks or more) under
@@ -108,34 +147,85 @@ class LibcryptoMacs:
 
 
 def _agrees(macs: LibcryptoMacs) -> bool:
-    """The same answers as crypto.mac on a few keys and lengths (odd-parity and not)."""
+    """The same answers as crypto.mac and crypto.blockcipher on a few keys and lengths (odd-parity
+    and not; ECB across its internal chunks too)."""
     for seed in range(3):
         key = bytes((seed * 37 + i * 11) & 0xFF for i in range(16))
-        for blocks in (2, 5, 9):
+        for blocks in (2, 5, 9, DATA_BYTES_MAX // 16 + 3):
             data = bytes((seed + i * 7) & 0xFF for i in range(blocks * 16))
-            if macs.retail_mac(key, data[: blocks * 8]) != retail_mac(key, data[: blocks * 8]):
+            if blocks < 16 and macs.retail_mac(key, data[: blocks * 8]) != retail_mac(key, data[: blocks * 8]):
                 return False
-            if macs.sm4_cbc_mac(key, data) != sm4_cbc_mac(key, data):
+            if blocks < 16 and macs.sm4_cbc_mac(key, data) != sm4_cbc_mac(key, data):
+                return False
+            if macs.tdes_ecb_encrypt(key, data) != tdes_ecb_encrypt(key, data):
+                return False
+            if macs.sm4_ecb_encrypt(key, data) != sm4_ecb_encrypt(key, data):
                 return False
     return True
 
 
+GENERATED_MODULE = "citycard.crypto._libcrypto_ffi"  # _CDEF compiled to Python by cffi (below)
+
+
+def generated_source() -> str:
+    """The text of :data:`GENERATED_MODULE`: cffi's out-of-line ABI mode turns :data:`_CDEF` into a
+    Python module of packed type tables, so a process opens libcrypto without importing pycparser
+    and parsing the declarations (≈ 20 ms: once in every clearing run, before its workers fork).
+    A test checks the committed module is this text; regenerate it with
+    ``python -m citycard.crypto.libcrypto > src/citycard/crypto/_libcrypto_ffi.py``."""
+    import contextlib
+    import io
+    import tempfile
+    from pathlib import Path
+
+    from cffi import FFI
+
+    builder = FFI()
+    builder.set_source(GENERATED_MODULE.rsplit(".", 1)[1], None)
+    builder.cdef(_CDEF)
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "module.py"
+        with contextlib.redirect_stdout(io.StringIO()):  # cffi says "generating …" on stdout
+            builder.emit_python_code(str(path))
+        return _GENERATED_HEADER + path.read_text()
+
+
+_GENERATED_HEADER = (
+    "# Generated by `python -m citycard.crypto.libcrypto` from citycard.crypto.libcrypto._CDEF\n"
+    "# (cffi out-of-line ABI mode: no compiler, no C). Do not edit; tests/crypto/test_libcrypto.py\n"
+    "# checks it is current.\n"
+)
+
+
+def _ffi() -> Any:
+    """The FFI of :data:`_CDEF`: the generated module's, else (it fails to load with this cffi)
+    parsed here."""
+    try:
+        from citycard.crypto._libcrypto_ffi import ffi
+
+        return ffi
+    except Exception:  # noqa: BLE001 — any failure of the generated tables: parse the declarations
+        from cffi import FFI
+
+        ffi = FFI()
+        ffi.cdef(_CDEF)
+        return ffi
+
+
 def _open() -> tuple[Any, Any, Any] | None:
     try:
-        from cffi import FFI
-    except ImportError:
+        ffi = _ffi()
+    except ImportError:  # no cffi at all
         return None
-    ffi = FFI()
-    ffi.cdef(_CDEF)
     names = [*LIBRARY_NAMES, ctypes.util.find_library("crypto")]
     for name in filter(None, names):
         try:
             lib = ffi.dlopen(name)
-            sm4_cbc = lib.EVP_CIPHER_fetch(ffi.NULL, b"SM4-CBC", ffi.NULL)
+            ciphers = {cipher: lib.EVP_CIPHER_fetch(ffi.NULL, cipher.encode(), ffi.NULL) for cipher in CIPHERS}
         except (OSError, AttributeError):  # no such library, or a symbol missing
             continue
-        if sm4_cbc != ffi.NULL:
-            return ffi, lib, sm4_cbc
+        if all(cipher != ffi.NULL for cipher in ciphers.values()):
+            return ffi, lib, ciphers
     return None
 
 
@@ -150,9 +240,13 @@ def load() -> LibcryptoMacs | None:
             try:
                 if opened is None or not _agrees(LibcryptoMacs(*opened)):
                     raise ValueError("libcrypto unusable")
-                _state.update(ffi=opened[0], lib=opened[1], sm4=opened[2])
+                _state.update(ffi=opened[0], lib=opened[1], ciphers=opened[2])
             except (ValueError, MemoryError, OSError):
                 _state["failed"] = True
         if "failed" in _state:
             return None
-    return LibcryptoMacs(_state["ffi"], _state["lib"], _state["sm4"])
+    return LibcryptoMacs(_state["ffi"], _state["lib"], _state["ciphers"])
+
+
+if __name__ == "__main__":
+    print(generated_source(), end="")

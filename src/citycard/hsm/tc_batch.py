@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms, modes
 
 from citycard.crypto import libcrypto
 from citycard.crypto.blockcipher import _encryptor  # the verified context constructor (blockcipher)
-from citycard.crypto.keys import adjust_odd_parity, derive_card_key
+from citycard.crypto.keys import adjust_odd_parity, option_a_input
 from citycard.crypto.mac import pad_method_2, retail_mac, sm4_cbc_mac
 from citycard.crypto.suite import SUITES, Suite
 
@@ -48,11 +48,27 @@ class TapToVerify(NamedTuple):
     tag_9f10: bytes
 
 
-def _session_keys(card_key: bytes, atcs: Sequence[bytes], suite: Suite) -> list[bytes]:
-    """The PBOC session keys of ``atcs`` under one card key, in one ECB call (crypto.keys.session_key)."""
+def _session_keys(card_key: bytes, atcs: Sequence[bytes], suite: Suite, ecb: Any) -> list[bytes]:
+    """The PBOC session keys of ``atcs`` under one card key, in one ECB call ``ecb(key, blocks)``
+    (crypto.keys.session_key)."""
     zeros, invert = _SIX_ZEROS, _INVERT
     blocks = b"".join([zeros + atc + zeros + atc.translate(invert) for atc in atcs])  # ATC ⊕ FFFF
-    out = suite.ecb_encrypt(card_key, blocks)
+    out = ecb(card_key, blocks)
+    keys = [out[i : i + 16] for i in range(0, len(out), 16)]
+    return [adjust_odd_parity(key) for key in keys] if suite.block_bytes == 8 else keys
+
+
+def _card_keys(imk: bytes, cards: Sequence[tuple[str, str]], suite: Suite) -> list[bytes]:
+    """crypto.keys.derive_card_key of every (PAN, PSN) under one issuer master key, in one ECB call:
+    option A's Y ‖ (Y ⊕ FF…FF) of every card one after another (two 3DES blocks or one SM4 block
+    each; ECB encrypts each block alone), 16 bytes of key per card."""
+    suite.check_key(imk, "issuer master key")
+    invert = _INVERT
+    blocks = []
+    for pan, psn in cards:
+        y = option_a_input(tag_5a=pan, tag_5f34=psn)
+        blocks.append(y + y.translate(invert))
+    out = suite.master_ecb_encrypt(imk, b"".join(blocks))
     keys = [out[i : i + 16] for i in range(0, len(out), 16)]
     return [adjust_odd_parity(key) for key in keys] if suite.block_bytes == 8 else keys
 
@@ -79,10 +95,14 @@ _BLOCK_MACS = {"INTL": _retail_mac, "GM": _sm4_cbc_mac}
 _PADS = {block: [pad_method_2(bytes(i), block)[i:] for i in range(block)] for block in (8, 16)}
 
 
-def _block_macs() -> dict[str, Any]:
-    """The block MAC per suite name for one call: libcrypto's when usable, else cryptography's."""
+def _block_ciphers() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per suite name, for one call: the block MAC, and ECB under a key used once (session keys) —
+    libcrypto's when usable, else cryptography's."""
     fast = libcrypto.load()
-    return _BLOCK_MACS if fast is None else {"INTL": fast.retail_mac, "GM": fast.sm4_cbc_mac}
+    if fast is None:
+        return _BLOCK_MACS, {suite.name: suite.ecb_encrypt for suite in SUITES}
+    macs = {"INTL": fast.retail_mac, "GM": fast.sm4_cbc_mac}
+    return macs, {"INTL": fast.tdes_ecb_encrypt, "GM": fast.sm4_ecb_encrypt}
 
 
 def _same_as_crypto_mac() -> bool:
@@ -132,19 +152,32 @@ class TcBatchOperations:
             if ac_info.suite.name != name or mac_info.suite.name != name:
                 raise ValueError(f"labels for suite {name} name keys of another suite")
             imks[name] = (imk_ac, imk_mac)
-        block_macs = _block_macs()
-        for (name, pan, psn), indexes in groups.items():
+        block_macs, ecbs = _block_ciphers()
+        cards: dict[str, list[tuple[str, str]]] = defaultdict(list)  # suite → its cards, in groups' order
+        for name, pan, psn in groups:
+            cards[name].append((pan, psn))
+        card_keys = {  # (suite, PAN, PSN) → (AC card key, MAC card key)
+            (name, pan, psn): pair
+            for name, members in cards.items()
+            for (pan, psn), pair in zip(
+                members,
+                zip(
+                    _card_keys(imks[name][0], members, _SUITES[name]),
+                    _card_keys(imks[name][1], members, _SUITES[name]),
+                    strict=True,
+                ),
+                strict=True,
+            )
+        }
+        for group, indexes in groups.items():
+            name = group[0]
             suite = _SUITES[name]
-            block_mac, pads = block_macs[name], _PADS[suite.block_bytes]
+            block_mac, ecb, pads = block_macs[name], ecbs[name], _PADS[suite.block_bytes]
             balance_pad = b"\x00" + pads[8 % len(pads)]  # after ATC ‖ balance: 00, then method 2
-            imk_ac, imk_mac = imks[name]
+            card_ac, card_mac = card_keys[group]
             atcs = [taps[i][2] for i in indexes]
-            ac_keys = _session_keys(
-                derive_card_key(imk_ac, tag_5a=pan, tag_5f34=psn, suite=suite), atcs, suite
-            )
-            mac_keys = _session_keys(
-                derive_card_key(imk_mac, tag_5a=pan, tag_5f34=psn, suite=suite), atcs, suite
-            )
+            ac_keys = _session_keys(card_ac, atcs, suite, ecb)
+            mac_keys = _session_keys(card_mac, atcs, suite, ecb)
             for index, ac_key, mac_key in zip(indexes, ac_keys, mac_keys, strict=True):
                 _, _, atc, ac_input, tc, iad = taps[index]
                 # crypto.cryptogram.pboc_mac without its argument checks (the inputs are built here),
