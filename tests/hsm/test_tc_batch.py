@@ -43,7 +43,9 @@ def test_libcrypto_ecb_is_there() -> None:
 @pytest.mark.parametrize(("suite", "ecb"), _ecbs())
 @settings(max_examples=60, deadline=None)
 @given(card_key=KEY, atcs=st.lists(st.binary(min_size=2, max_size=2), min_size=1, max_size=300))
-def test_a_cards_session_keys_in_one_ecb_call_equal_session_key(suite: str, ecb, card_key: bytes, atcs) -> None:  # type: ignore[no-untyped-def]
+def test_a_cards_session_keys_in_one_ecb_call_equal_session_key(
+    suite: str, ecb, card_key: bytes, atcs
+) -> None:  # type: ignore[no-untyped-def]
     got = _session_keys(card_key, atcs, SUITES[suite], ecb)
     assert got == [session_key(card_key, tag_9f36=atc, suite=SUITES[suite]) for atc in atcs]
 

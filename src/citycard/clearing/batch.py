@@ -190,6 +190,7 @@ class CardState:
     last_atc: int | None = None
     last_balance_fen: int | None = None
     lost_at: dt.datetime | None = None  # the loss-report minute (platform cards.lost_at), aware UTC
+    max_atc: int | None = None  # the highest ATC of its cleared taps (clearing_cards.max_atc)
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,8 @@ class Known:
     """State from outside the batch: cards by ``PAN:PSN``, keys already cleared, the clearing time."""
 
     cards: Mapping[str, CardState]
+    # The batch's keys already in clearing_taps (store.load_known_for looks up only those that may
+    # be: a key above its card's max_atc cannot).
     seen: Container[str]
     now: dt.datetime
     # (card, operator) → fen the operator may still refund to the card: its cleared, unrefunded

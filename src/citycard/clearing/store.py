@@ -135,7 +135,7 @@ def load_known(conn: Connection, uploads: Sequence[Mapping[str, Any]], now: dt.d
 _SEEN = bulk.per_backend(lambda member: sa.select(Tap.key).where(member(Tap.__table__.c.key, "values")))
 _CARDS = bulk.per_backend(
     lambda member: sa.select(
-        Card.card, Card.issuer, Card.last_atc, Card.last_balance_fen, Card.lost_at
+        Card.card, Card.issuer, Card.last_atc, Card.last_balance_fen, Card.lost_at, Card.max_atc
     ).where(member(Card.__table__.c.card, "values"))
 )
 _NEIGHBOURS = bulk.per_backend(
@@ -156,13 +156,16 @@ def load_known_for(
     """:class:`Known` for exact tap keys and cards (``refunding``: the cards with an exit refund).
     ``accounts``: a cache of this transaction (``one_transaction``) that keeps the EC account rows
     read here, so the fare postings after need no second lookup."""
-    seen: set[str] = set()
-    for chunk in _chunks(sorted(set(keys)), KEYS_PER_QUERY_MAX):
-        seen.update(conn.execute(bulk.for_conn(_SEEN, conn), {"values": chunk}).scalars())
     states: dict[str, CardState] = {}
     for chunk in _chunks(sorted(cards), KEYS_PER_QUERY_MAX):
-        for row in conn.execute(bulk.for_conn(_CARDS, conn), {"values": chunk}):
-            states[row.card] = CardState(row.issuer, row.last_atc, row.last_balance_fen, row.lost_at)
+        for card, issuer, last_atc, last_balance, lost_at, max_atc in conn.execute(
+            bulk.for_conn(_CARDS, conn), {"values": chunk}
+        ):
+            states[card] = CardState(issuer, last_atc, last_balance, lost_at, max_atc)
+    seen: set[str] = set()
+    maybe = sorted(key for key in set(keys) if _may_be_cleared(key, states))
+    for chunk in _chunks(maybe, KEYS_PER_QUERY_MAX):
+        seen.update(conn.execute(bulk.for_conn(_SEEN, conn), {"values": chunk}).scalars())
     # A card whose EC ledger account was never opened would fail the whole batch in the ledger
     # (UnknownAccount); leaving it out of Known makes its taps "unknown_card" exceptions instead.
     codes = {ec_account(state.issuer, *card.split(":")): card for card, state in states.items()}
@@ -170,6 +173,22 @@ def load_known_for(
     known_cards = {card: states[card] for code, card in codes.items() if code in opened}
     refundable = refundable_fen(conn, sorted(refunding & set(known_cards)))
     return Known(known_cards, seen, now, refundable, _late_neighbours(conn, keys, known_cards))
+
+
+def _may_be_cleared(key: str, states: Mapping[str, CardState]) -> bool:
+    """Whether tap ``key`` (PAN:PSN:ATC) may be in clearing_taps: not when its card has no tap there
+    or only taps of lower ATCs (clearing_cards.max_atc, kept by every write of a tap); an unknown
+    card or an odd key is looked up."""
+    card, _, atc_hex = key.rpartition(":")
+    state = states.get(card)
+    if state is None:
+        return True
+    if state.max_atc is None:
+        return False
+    try:
+        return int(atc_hex, 16) <= state.max_atc
+    except ValueError:
+        return True
 
 
 def _late_neighbours(
@@ -251,7 +270,12 @@ _SQLITE_TAP = (
     "amount_fen, balance_after_fen, refunded, exit_refund_fen, transit) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_SQLITE_CHAIN = "UPDATE clearing_cards SET last_atc = ?, last_balance_fen = ? WHERE card = ?"
+# The chain's new end; max_atc follows it up (it may already be above it: a desk-accepted tap)
+_SQLITE_CHAIN = (
+    "UPDATE clearing_cards SET last_atc = ?, last_balance_fen = ?, max_atc = MAX(COALESCE(max_atc, -1), ?) "
+    "WHERE card = ?"
+)
+_PG_MAX_ATC = "max_atc = GREATEST(clearing_cards.max_atc, v.last_atc)"  # GREATEST skips a NULL
 _TAP_COLUMNS = (
     "key", "card", "atc", "batch_id", "operator", "route", "vehicle", "terminal_id", "tap_at", "day",
     "amount_fen", "balance_after_fen", "refunded", "exit_refund_fen", "transit",
@@ -317,7 +341,9 @@ def _write_result(
             bulk.insert_rows(conn, Tap.__table__, chunk)
         for chunk in _chunks(chains, bulk.ROWS_PER_STATEMENT_MAX):
             conn.exec_driver_sql(
-                bulk.update_sql(Card.__table__, "card", ("last_atc", "last_balance_fen")),
+                bulk.update_sql(
+                    Card.__table__, "card", ("last_atc", "last_balance_fen"), more_sets=_PG_MAX_ATC
+                ),
                 {
                     "card": [c for _, _, c in chunk],
                     "last_atc": [a for a, _, _ in chunk],
@@ -339,7 +365,7 @@ def _write_result(
             ]  # fmt: skip
             conn.exec_driver_sql(_SQLITE_TAP, rows)
         if chains:
-            conn.exec_driver_sql(_SQLITE_CHAIN, chains)
+            conn.exec_driver_sql(_SQLITE_CHAIN, [(atc, balance, atc, card) for atc, balance, card in chains])
     now = utc_now()
     items = [
         {
@@ -472,8 +498,14 @@ def handle_exception(
                 _write_postings(conn, postings_for(record, card.issuer, refunded=refunded))
             except LedgerError as exc:
                 raise ClearingError(f"exception {exception_id}: the ledger refuses: {exc}") from None
-            # The chain is not moved: an accepted exception is outside the card's ATC order.
+            # The chain is not moved: an accepted exception is outside the card's ATC order. Its
+            # highest ATC is: a later upload of this key must be looked up (load_known_for).
             conn.execute(sa.insert(Tap).values(**_tap_row(record, item.batch_id, refunded)))
+            conn.execute(
+                sa.update(Card)
+                .where(Card.card == record.card, sa.or_(Card.max_atc.is_(None), Card.max_atc < record.atc))
+                .values(max_atc=record.atc)
+            )
         conn.execute(
             sa.update(ExceptionItem)
             .where(ExceptionItem.id == exception_id)

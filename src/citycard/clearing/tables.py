@@ -76,6 +76,9 @@ class Card(Base):
     last_atc = sa.Column(sa.Integer(), nullable=True)
     last_balance_fen = sa.Column(sa.BigInteger(), nullable=True)
     lost_at = sa.Column(UTCDateTime(), nullable=True)
+    # 0013: the highest ATC of the card's taps in clearing_taps (chain, late or desk-accepted), NULL
+    # while none: a tap key above it is no duplicate, so intake looks up only the keys at or below it
+    max_atc = sa.Column(sa.Integer(), nullable=True)
 
 
 class ExceptionItem(Base):

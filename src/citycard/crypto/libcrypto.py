@@ -85,7 +85,9 @@ class LibcryptoMacs:
             raise MemoryError("EVP_CIPHER_CTX_new failed")
         ctx = ffi.gc(ctx, lib.EVP_CIPHER_CTX_free)
         key = bytes(24) if name.startswith("DES") else _ZERO_16
-        if not lib.EVP_EncryptInit_ex(ctx, cipher, ffi.NULL, key, _ZERO_16 if name.endswith("CBC") else ffi.NULL):
+        if not lib.EVP_EncryptInit_ex(
+            ctx, cipher, ffi.NULL, key, _ZERO_16 if name.endswith("CBC") else ffi.NULL
+        ):
             raise ValueError(f"EVP_EncryptInit_ex({name}) failed")
         return ctx
 
@@ -153,7 +155,9 @@ def _agrees(macs: LibcryptoMacs) -> bool:
         key = bytes((seed * 37 + i * 11) & 0xFF for i in range(16))
         for blocks in (2, 5, 9, DATA_BYTES_MAX // 16 + 3):
             data = bytes((seed + i * 7) & 0xFF for i in range(blocks * 16))
-            if blocks < 16 and macs.retail_mac(key, data[: blocks * 8]) != retail_mac(key, data[: blocks * 8]):
+            if blocks < 16 and macs.retail_mac(key, data[: blocks * 8]) != retail_mac(
+                key, data[: blocks * 8]
+            ):
                 return False
             if blocks < 16 and macs.sm4_cbc_mac(key, data) != sm4_cbc_mac(key, data):
                 return False
@@ -221,7 +225,9 @@ def _open() -> tuple[Any, Any, Any] | None:
     for name in filter(None, names):
         try:
             lib = ffi.dlopen(name)
-            ciphers = {cipher: lib.EVP_CIPHER_fetch(ffi.NULL, cipher.encode(), ffi.NULL) for cipher in CIPHERS}
+            ciphers = {
+                cipher: lib.EVP_CIPHER_fetch(ffi.NULL, cipher.encode(), ffi.NULL) for cipher in CIPHERS
+            }
         except (OSError, AttributeError):  # no such library, or a symbol missing
             continue
         if all(cipher != ffi.NULL for cipher in ciphers.values()):

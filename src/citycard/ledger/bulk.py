@@ -62,14 +62,17 @@ def insert_sql(table: Table, columns: tuple[str, ...], suffix: str = "", prefix:
 
 
 @cache
-def update_sql(table: Table, key: str, columns: tuple[str, ...], prefix: str = "") -> str:
+def update_sql(
+    table: Table, key: str, columns: tuple[str, ...], prefix: str = "", more_sets: str = ""
+) -> str:
     """``UPDATE t SET a = v.a … FROM unnest(%(key)b::K[], %(a)b::A[] …) AS v(key, a …) WHERE t.key = v.key``.
 
-    Each key may appear once (PostgreSQL updates a row at most once per statement).
+    Each key may appear once (PostgreSQL updates a row at most once per statement). ``more_sets``:
+    further ``col = expression`` assignments (of ``t``'s old values and ``v``'s), after the others.
     """
     names = (key, *columns)
     arrays = ", ".join(f"%({prefix}{name})b::{_array_type(table, name)}" for name in names)
-    sets = ", ".join(f"{name} = v.{name}" for name in columns)
+    sets = ", ".join([*(f"{name} = v.{name}" for name in columns), *([more_sets] if more_sets else [])])
     return (
         f"UPDATE {table.name} SET {sets} FROM unnest({arrays}) AS v({', '.join(names)}) "
         f"WHERE {table.name}.{key} = v.{key}"
