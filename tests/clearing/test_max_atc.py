@@ -85,6 +85,10 @@ def test_which_keys_need_a_lookup() -> None:
     assert _may_be_cleared("6230000000000002:01:0006", states)  # between the chain and max_atc
     assert not _may_be_cleared("6230000000000002:01:000A", states)
     assert _may_be_cleared("6230000000000002:01:?", states)
+    # a chain end without max_atc (a row written before migration 0013's fill): still looked up
+    states["6230000000000003:01"] = CardState("bank", last_atc=5)
+    assert _may_be_cleared("6230000000000003:01:0003", states)
+    assert not _may_be_cleared("6230000000000003:01:0006", states)
 
 
 def test_migration_0013_fills_max_atc_from_the_cleared_taps(tmp_path) -> None:  # type: ignore[no-untyped-def]

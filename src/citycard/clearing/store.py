@@ -172,21 +172,26 @@ def load_known_for(
     opened = open_codes(conn, codes, AccountCache() if accounts is None else accounts)
     known_cards = {card: states[card] for code, card in codes.items() if code in opened}
     refundable = refundable_fen(conn, sorted(refunding & set(known_cards)))
-    return Known(known_cards, seen, now, refundable, _late_neighbours(conn, keys, known_cards))
+    # a late tap (ATC below its card's last cleared one) is among the keys that may be cleared
+    return Known(known_cards, seen, now, refundable, _late_neighbours(conn, maybe, known_cards))
 
 
 def _may_be_cleared(key: str, states: Mapping[str, CardState]) -> bool:
     """Whether tap ``key`` (PAN:PSN:ATC) may be in clearing_taps: not when its card has no tap there
-    or only taps of lower ATCs (clearing_cards.max_atc, kept by every write of a tap); an unknown
-    card or an odd key is looked up."""
+    or only taps of lower ATCs (clearing_cards.max_atc, kept by every write of a tap; the chain's
+    last ATC is never above it); an unknown card or an odd key is looked up. A late tap (below the
+    last ATC) is always one that may be."""
     card, _, atc_hex = key.rpartition(":")
     state = states.get(card)
     if state is None:
         return True
-    if state.max_atc is None:
+    top = state.max_atc
+    if state.last_atc is not None and (top is None or state.last_atc > top):  # never, but if it were
+        top = state.last_atc
+    if top is None:
         return False
     try:
-        return int(atc_hex, 16) <= state.max_atc
+        return int(atc_hex, 16) <= top
     except ValueError:
         return True
 

@@ -172,6 +172,20 @@ def check_amount(value: object, what: str) -> int:
     return value
 
 
+def _check_line(line: object, index: int, key: str) -> tuple[int, int]:
+    if not isinstance(line, Line):
+        raise InvalidPosting(f"line {index} of posting {key!r} is not a Line")
+    check_text(line.account, f"account code on line {index} of {key!r}", length_max=CODE_LENGTH_MAX)
+    debit = check_amount(line.debit_fen, f"debit_fen on line {index} of {key!r}")
+    credit = check_amount(line.credit_fen, f"credit_fen on line {index} of {key!r}")
+    if (debit > 0) == (credit > 0):
+        raise InvalidPosting(
+            f"line {index} of posting {key!r} ({line.account}) needs exactly one of debit_fen/credit_fen "
+            f"> 0, got debit {debit} and credit {credit}"
+        )
+    return debit, credit
+
+
 def check_request(request: PostingRequest) -> None:
     """Shape, limits and balance of a request, before anything is written.
 
@@ -194,16 +208,18 @@ def check_request(request: PostingRequest) -> None:
         raise InvalidPosting(f"posting {key!r} has {len(lines)} lines; 2…{LINES_PER_POSTING_MAX} allowed")
     debits = credits = 0
     for index, line in enumerate(lines):
-        if not isinstance(line, Line):
-            raise InvalidPosting(f"line {index} of posting {key!r} is not a Line")
-        check_text(line.account, f"account code on line {index} of {key!r}", length_max=CODE_LENGTH_MAX)
-        debit = check_amount(line.debit_fen, f"debit_fen on line {index} of {key!r}")
-        credit = check_amount(line.credit_fen, f"credit_fen on line {index} of {key!r}")
-        if (debit > 0) == (credit > 0):
-            raise InvalidPosting(
-                f"line {index} of posting {key!r} ({line.account}) needs exactly one of debit_fen/credit_fen "
-                f"> 0, got debit {debit} and credit {credit}"
-            )
+        if type(line) is Line:  # the usual line, checked without building the messages below
+            account, debit, credit = line.account, line.debit_fen, line.credit_fen
+            if (
+                type(account) is str and 0 < len(account) <= CODE_LENGTH_MAX
+                and account.isprintable() and account == account.strip()
+                and type(debit) is int and type(credit) is int
+                and 0 <= debit <= AMOUNT_FEN_MAX and 0 <= credit <= AMOUNT_FEN_MAX and (debit > 0) != (credit > 0)
+            ):  # fmt: skip
+                debits += debit
+                credits += credit
+                continue
+        debit, credit = _check_line(line, index, key)  # the same rules, naming what is wrong
         debits += debit
         credits += credit
     if debits != credits:
