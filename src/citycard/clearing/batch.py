@@ -182,9 +182,9 @@ def operator_account(operator: str) -> str:
     return f"operator:{operator}"
 
 
-@dataclass(frozen=True, slots=True)
-class CardState:
-    """What clearing knows of a card: its issuer, last cleared ATC and EC balance, loss report."""
+class CardState(NamedTuple):
+    """What clearing knows of a card: its issuer, last cleared ATC and EC balance, loss report (a
+    tuple: an intake reads one per card)."""
 
     issuer: str
     last_atc: int | None = None

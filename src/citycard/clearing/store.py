@@ -152,18 +152,23 @@ def load_known_for(
     refunding: set[str],
     now: dt.datetime,
     accounts: AccountCache | None = None,
+    taps: Sequence[tuple[str, str, int]] | None = None,
 ) -> Known:
     """:class:`Known` for exact tap keys and cards (``refunding``: the cards with an exit refund).
     ``accounts``: a cache of this transaction (``one_transaction``) that keeps the EC account rows
-    read here, so the fare postings after need no second lookup."""
+    read here, so the fare postings after need no second lookup. ``taps``: (key, card, ATC) of
+    each key when the caller has them parsed (then ``keys`` is not read again)."""
     states: dict[str, CardState] = {}
     for chunk in _chunks(sorted(cards), KEYS_PER_QUERY_MAX):
         for card, issuer, last_atc, last_balance, lost_at, max_atc in conn.execute(
             bulk.for_conn(_CARDS, conn), {"values": chunk}
-        ):
+        ).all():
             states[card] = CardState(issuer, last_atc, last_balance, lost_at, max_atc)
     seen: set[str] = set()
-    maybe = sorted(key for key in set(keys) if _may_be_cleared(key, states))
+    if taps is None:
+        maybe = sorted(key for key in set(keys) if _may_be_cleared(key, states))
+    else:  # the same, from the taps' own card and ATC
+        maybe = sorted({key for key, card, atc in taps if _may_be_cleared_at(card, atc, states)})
     for chunk in _chunks(maybe, KEYS_PER_QUERY_MAX):
         seen.update(conn.execute(bulk.for_conn(_SEEN, conn), {"values": chunk}).scalars())
     # A card whose EC ledger account was never opened would fail the whole batch in the ledger
@@ -176,24 +181,30 @@ def load_known_for(
     return Known(known_cards, seen, now, refundable, _late_neighbours(conn, maybe, known_cards))
 
 
+def _may_be_cleared_at(card: str, atc: int, states: Mapping[str, CardState]) -> bool:
+    """:func:`_may_be_cleared` of the tap of ``card`` and ``atc``."""
+    state = states.get(card)
+    if state is None:
+        return True
+    top = state.max_atc
+    if state.last_atc is not None and (top is None or state.last_atc > top):
+        top = state.last_atc
+    return top is not None and atc <= top
+
+
 def _may_be_cleared(key: str, states: Mapping[str, CardState]) -> bool:
     """Whether tap ``key`` (PAN:PSN:ATC) may be in clearing_taps: not when its card has no tap there
     or only taps of lower ATCs (clearing_cards.max_atc, kept by every write of a tap; the chain's
     last ATC is never above it); an unknown card or an odd key is looked up. A late tap (below the
     last ATC) is always one that may be."""
     card, _, atc_hex = key.rpartition(":")
-    state = states.get(card)
-    if state is None:
+    if card not in states:
         return True
-    top = state.max_atc
-    if state.last_atc is not None and (top is None or state.last_atc > top):  # never, but if it were
-        top = state.last_atc
-    if top is None:
-        return False
     try:
-        return int(atc_hex, 16) <= top
+        atc = int(atc_hex, 16)
     except ValueError:
         return True
+    return _may_be_cleared_at(card, atc, states)
 
 
 def _late_neighbours(
@@ -442,11 +453,12 @@ def intake(
                 taps = [c.tap for c in checked if c.tap is not None]
                 known = load_known_for(
                     conn,
-                    [t.key for t in taps],
+                    (),
                     {t.card for t in taps},
                     {t.card for t in taps if t.exit_refund_fen},
                     now,
                     accounts,
+                    [(t.key, t.card, t.atc) for t in taps],
                 )
                 cleared, rejected = decide(checked, uploads, known=known)
                 fare_seq += _write_result(conn, batch_id, cleared, (), known, operators, fare_seq, accounts)

@@ -272,7 +272,7 @@ def _read_accounts(conn: Connection, codes: Sequence[str]) -> dict[str, _Account
     lookup = bulk.for_conn(_LOOKUP, conn)
     for start in range(0, len(codes), CODES_PER_QUERY_MAX):
         chunk = codes[start : start + CODES_PER_QUERY_MAX]
-        for code, account_id, allow_negative, slots in conn.execute(lookup, {"codes": chunk}):
+        for code, account_id, allow_negative, slots in conn.execute(lookup, {"codes": chunk}).all():
             found[code] = _Account(int(account_id), bool(allow_negative), int(slots))
     return found
 
