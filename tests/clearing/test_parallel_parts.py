@@ -100,3 +100,22 @@ def test_tapered_partitions_keep_cards_whole_and_are_small_at_both_ends() -> Non
     small, big = sizes[:TAPER_SPLIT] + sizes[-TAPER_SPLIT:], sizes[TAPER_SPLIT:-TAPER_SPLIT]
     assert max(small) * 2 < min(big)
     assert tapered(batch, 2) == partition(batch, 2)  # too few partitions to taper
+
+
+def test_the_batch_collector_is_undone_after_the_batch() -> None:
+    import gc
+
+    from citycard.clearing.parallel import YOUNG_OBJECTS_PER_COLLECTION, batch_collector
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    kept = [[i] for i in range(1000)]  # made before: frozen during the batch
+    with batch_collector():
+        assert gc.get_threshold() == (YOUNG_OBJECTS_PER_COLLECTION, *before[1:])
+        assert gc.get_freeze_count() >= frozen + len(kept)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+    try:
+        with batch_collector():
+            raise RuntimeError("the batch failed")
+    except RuntimeError:
+        pass
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import json
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -420,6 +419,7 @@ def intake(
     IAD MAC in the HSM) in ``workers`` processes or in this one; then here, in the one write
     transaction, the partition's state is read (:func:`load_known_for`), the stateful checks run
     (:func:`~citycard.clearing.batch.decide`) and the result is written in bulk."""
+    from citycard.clearing import parallel
     from citycard.clearing.parallel import checked_parts
 
     if not isinstance(batch_id, str) or not 1 <= len(batch_id) <= 64 or not batch_id.isprintable():
@@ -443,12 +443,7 @@ def intake(
         fare_seq = 0  # fare postings written so far (keys fares:BATCH:N)
         digests: list[str] = []  # a new batch: its digest comes from a worker, after the partitions
         accounts = AccountCache(one_transaction=True)  # the EC rows load_known_for reads, for post_many
-        # The objects there are now (the uploads above all) go to the collector's permanent
-        # generation while the batch clears: forked workers do not touch their copy-on-write pages
-        # when they collect, and the full collections set off by the rows built here do not walk
-        # them again and again (that was ~10 µs of the parent's CPU per record).
-        gc.freeze()
-        try:
+        with parallel.batch_collector():
             for checked in checked_parts(uploads, keys=keys, workers=workers, on_digest=digests.append):
                 taps = [c.tap for c in checked if c.tap is not None]
                 known = load_known_for(
@@ -463,8 +458,6 @@ def intake(
                 cleared, rejected = decide(checked, uploads, known=known)
                 fare_seq += _write_result(conn, batch_id, cleared, (), known, operators, fare_seq, accounts)
                 accepted, held = accepted + len(cleared), held + rejected
-        finally:
-            gc.unfreeze()
         (digest,) = digests
         exceptions = len(held)
         held.sort(key=lambda item: item.position)  # the queue in upload order
