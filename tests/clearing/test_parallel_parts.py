@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import zlib
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -119,3 +120,47 @@ def test_the_batch_collector_is_undone_after_the_batch() -> None:
     except RuntimeError:
         pass
     assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+
+
+def test_the_digest_fed_part_by_part_is_the_digest_of_the_parts() -> None:
+    from citycard.clearing.batch import DigestOfParts
+
+    parts = [digest_part([{"a": 1}]), b"", digest_part([{"b": 2}, {"c": "x"}])]
+    digest = DigestOfParts()
+    for count, part in enumerate(parts, start=1):
+        digest.add(part)
+        assert digest.hexdigest() == digest_of_parts(parts[:count])  # asking does not end it
+    assert digest.hexdigest() == digest_of([{"a": 1}, {"b": 2}, {"c": "x"}])
+
+
+class _Upload(dict):  # a Mapping that is not exactly a dict: the general path
+    pass
+
+
+ODD_UPLOADS = st.lists(
+    st.one_of(
+        st.fixed_dictionaries(
+            {"pan": st.from_regex(r"[0-9]{16}", fullmatch=True), "psn": st.sampled_from(["01", "02"])}
+        ),
+        st.fixed_dictionaries({"pan": st.text(max_size=5)}),  # no PSN
+        st.builds(_Upload, pan=st.text(max_size=3), psn=st.text(max_size=2)),
+        st.none(),
+        st.text(max_size=4),
+        st.lists(st.integers(), max_size=2),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(uploads=ODD_UPLOADS, parts=st.integers(min_value=1, max_value=9))
+def test_partition_puts_every_record_where_its_card_text_goes(uploads: list, parts: int) -> None:
+    from citycard.clearing.parallel import _bucket
+
+    expected: list[list[int]] = [[] for _ in range(parts)]
+    for position, upload in enumerate(uploads):
+        expected[_bucket(upload, parts)].append(position)
+    assert partition(uploads, parts) == expected
+    assert _bucket({"pan": "6230", "psn": "01"}, parts) == zlib.crc32(b"6230:01") % parts
+    assert _bucket({"pan": "6230"}, parts) == zlib.crc32(b"6230:None") % parts
+    assert _bucket(["x"], parts) == zlib.crc32(b"") % parts

@@ -152,16 +152,30 @@ def _upload_json(record: Any) -> str | None:
 
 def digest_of_parts(parts: Iterable[bytes]) -> str:
     """:func:`digest_of` from the :func:`digest_part` of each slice of the batch, in order."""
-    sha = hashlib.sha256(b"[")
-    first = True
+    digest = DigestOfParts()
     for part in parts:
+        digest.add(part)
+    return digest.hexdigest()
+
+
+class DigestOfParts:
+    """:func:`digest_of_parts` fed one part at a time, as the parts arrive (in order)."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256(b"[")
+        self._first = True
+
+    def add(self, part: bytes) -> None:
         if part:
-            if not first:
-                sha.update(b",")
-            sha.update(part)
-            first = False
-    sha.update(b"]")
-    return sha.hexdigest()
+            if not self._first:
+                self._sha.update(b",")
+            self._sha.update(part)
+            self._first = False
+
+    def hexdigest(self) -> str:
+        sha = self._sha.copy()
+        sha.update(b"]")
+        return sha.hexdigest()
 
 
 def ec_account(issuer: str, pan: str, psn: str) -> str:

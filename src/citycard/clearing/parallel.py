@@ -22,12 +22,12 @@ from typing import Any
 from citycard.clearing.batch import (
     BatchResult,
     Checked,
+    DigestOfParts,
     Known,
     batch_postings,
     checked_wire,
     decide,
     digest_of,
-    digest_of_parts,
     digest_part,
     from_wire,
 )
@@ -94,16 +94,27 @@ def _run(task: tuple[list[int], int, int]) -> tuple[list[tuple[Any, ...]], bytes
 
 def partition(uploads: Sequence[Mapping[str, Any]], parts: int) -> list[list[int]]:
     """Positions split by card; a record without a usable PAN/PSN goes by what it has (malformed anyway)."""
-    out: list[list[int]] = [[] for _ in range(parts)]
     crc32 = zlib.crc32
-    for position, upload in enumerate(uploads):
-        # a dict first: the Mapping ABC check alone costs more than the rest of the line
-        if type(upload) is dict or isinstance(upload, Mapping):
-            card = f"{upload.get('pan')}:{upload.get('psn')}"
-        else:
-            card = ""
-        out[crc32(card.encode()) % parts].append(position)
+    try:  # the usual batch, dicts with both fields, in one comprehension (this runs before any worker)
+        buckets = [
+            crc32(f"{u['pan']}:{u['psn']}".encode()) % parts if type(u) is dict else -1 for u in uploads
+        ]
+    except KeyError:
+        buckets = [-1] * len(uploads)
+    if -1 in buckets:
+        buckets = [b if b >= 0 else _bucket(uploads[i], parts) for i, b in enumerate(buckets)]
+    out: list[list[int]] = [[] for _ in range(parts)]
+    appends = [p.append for p in out]
+    for position, bucket in enumerate(buckets):
+        appends[bucket](position)
     return out
+
+
+def _bucket(upload: Any, parts: int) -> int:
+    """The partition of any record: by ``PAN:PSN`` as text (``None`` for a missing one), or of the
+    empty text for a record that is not a mapping."""
+    card = f"{upload.get('pan')}:{upload.get('psn')}" if isinstance(upload, Mapping) else ""
+    return zlib.crc32(card.encode()) % parts
 
 
 TAPER_SPLIT = 4  # the first and the last partition of a parallel run come in this many pieces
@@ -163,14 +174,14 @@ def checked_parts(
         count = len(uploads)
         bounds = [count * i // len(parts) for i in range(len(parts) + 1)]
         tasks = [(part, bounds[i], bounds[i + 1]) for i, part in enumerate(parts)]
-        digest_parts: list[bytes] = []
+        digest = DigestOfParts()  # hashed as the slices come: no serial tail after the last one
         with context.Pool(workers, initializer=_start, initargs=(keys,)) as pool:
             for (part, _, _), (rows, digest_text) in zip(tasks, pool.imap(_run, tasks), strict=True):
                 # in task order: the digest slices in order
-                digest_parts.append(digest_text)
+                digest.add(digest_text)
                 yield from_wire(rows, part)
         if on_digest is not None:
-            on_digest(digest_of_parts(digest_parts))
+            on_digest(digest.hexdigest())
     finally:
         _uploads = ()
 
