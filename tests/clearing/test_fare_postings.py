@@ -23,8 +23,8 @@ AT = dt.datetime(2026, 11, 27, 8, 0, tzinfo=dt.UTC)
 def tap(card: int, atc: int, amount_fen: int, operator: str = "bus-1", exit_refund_fen: int = 0) -> Cleared:
     pan = f"62354800{card:08d}"
     return Cleared(
-        f"{pan}:01:{atc:04X}", f"{pan}:01", pan, "01", atc, amount_fen, 10_000, operator, "R1", "V1", "T1", AT,
-        exit_refund_fen,
+        f"{pan}:01:{atc:04X}", f"{pan}:01", pan, "01", atc, amount_fen, 10_000, operator, "R1", "V1", "T1",
+        exit_refund_fen, None, "", "", AT,
     )  # fmt: skip
 
 
@@ -88,3 +88,52 @@ def test_free_rides_post_nothing_and_refunds_stay_per_tap() -> None:
         ec_account("bank", taps[1].pan, "01"): 300,
         "operator:bus-1": -300,
     }
+
+
+def test_a_cleared_tap_is_stored_alike_by_its_numbered_insert_and_by_the_general_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """store._write_result on SQLite: a worker's Cleared (its texts made) goes in by numbered
+    parameters; the same tap without its texts by the general insert: the same stored row."""
+    import sqlalchemy as sa
+
+    from citycard.clearing.batch import Known, ec_account, operator_account
+    from citycard.clearing.store import _write_result
+    from citycard.db import make_engine, upgrade, write_transaction
+    from citycard.ledger import AccountKind, Layer, Line, PostingRequest, open_account, post
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'taps.db'}")
+    upgrade(engine)
+    plain = tap(1, 1, 200, exit_refund_fen=0)
+    refund = tap(2, 3, 300, operator="taxi-1", exit_refund_fen=120)._replace(transit='{"kind":"exit"}')
+    texts = [t._replace(tap_at_text="2026-11-27 08:00:00.000000", day="2026-11-27") for t in (plain, refund)]
+    columns = (
+        "key, card, atc, operator, route, vehicle, terminal_id, tap_at, day, amount_fen, balance_after_fen, "
+        "refunded, exit_refund_fen, transit"
+    )
+    try:
+        with write_transaction(engine) as conn:
+            open_account(conn, "bank:funding", AccountKind.FUNDING, allow_negative=True)
+            for t in (plain, refund):
+                for account, kind in ((ec_account("bank", t.pan, t.psn), AccountKind.EC),
+                                      (operator_account(t.operator), AccountKind.OPERATOR)):  # fmt: skip
+                    open_account(conn, account, kind)
+                    lines = (Line("bank:funding", debit_fen=10_000), Line(account, credit_fen=10_000))
+                    post(conn, PostingRequest(f"fund:{account}", lines, Layer.CLEARED))
+                conn.exec_driver_sql(
+                    "INSERT INTO clearing_cards (card, issuer) VALUES (?, 'bank')", (t.card,)
+                )
+        known = Known({t.card: CardState("bank") for t in (plain, refund)}, (), AT)
+        rows = {}
+        for name, taps in (("numbered", texts), ("general", [plain, refund])):
+            with write_transaction(engine) as conn:
+                conn.exec_driver_sql("DELETE FROM clearing_taps")
+                _write_result(conn, f"B-{name}", [(taps[0], False), (taps[1], True)], (), known)
+                rows[name] = conn.execute(sa.text(f"SELECT {columns} FROM clearing_taps ORDER BY key")).all()
+                batches = conn.execute(sa.text("SELECT DISTINCT batch_id FROM clearing_taps")).scalars().all()
+                assert batches == [f"B-{name}"]
+        assert rows["numbered"] == rows["general"]
+        assert [(r.refunded, r.exit_refund_fen, r.transit) for r in rows["general"]] == [
+            (False, None, None),
+            (True, 120, '{"kind":"exit"}'),
+        ]
+    finally:
+        engine.dispose()

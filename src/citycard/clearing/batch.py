@@ -265,19 +265,20 @@ class Cleared(NamedTuple):
     route: str
     vehicle: str
     terminal_id: str
-    tap_at: dt.datetime
-    exit_refund_fen: int = 0
-    transit: str | None = None  # canonical JSON (clearing.transit.Transit.json)
+    exit_refund_fen: int  # 0: none
+    transit: str | None  # canonical JSON (clearing.transit.Transit.json)
     # the tap row's texts, made where the record is parsed (a worker), not in the writing parent:
-    tap_at_text: str = ""  # tap_at as SQLite stores it (sqlite_stamp)
-    day: str = ""  # the Asia/Shanghai day of tap_at (settlement day)
+    tap_at_text: str  # tap_at as SQLite stores it (sqlite_stamp)
+    day: str  # the Asia/Shanghai day of tap_at (settlement day)
+    # last: a worker's row is all the fields before it (checked_wire), this one put back after
+    tap_at: dt.datetime
 
     @classmethod
     def of(cls, r: ClearingRecord) -> Cleared:
         transit, at = r.transit, r.tap_at
         return cls(r.key, r.card, r.pan, r.psn, r.atc, r.amount_fen, r.balance_after_fen, r.operator, r.route,
-                   r.vehicle, r.terminal_id, at, 0 if transit is None else transit.refund_fen,
-                   None if transit is None else transit.json(), sqlite_stamp(at), china_day(at))  # fmt: skip
+                   r.vehicle, r.terminal_id, 0 if transit is None else transit.refund_fen,
+                   None if transit is None else transit.json(), sqlite_stamp(at), china_day(at), at)  # fmt: skip
 
 
 _ZERO = dt.timedelta(0)
@@ -509,22 +510,22 @@ def _first(row: tuple[Any, ...]) -> Any:
     return row[0]
 
 
-_WIRE_AT = Cleared._fields.index("tap_at")  # where from_wire puts the time back
-_WIRE_AT_TEXT = Cleared._fields.index("tap_at_text") - 1  # its text on the wire (no tap_at before it)
+_WIRE_AT_TEXT = Cleared._fields.index("tap_at_text")  # the time's text on the wire
+assert Cleared._fields[-1] == "tap_at", "from_wire appends the time"
 _from_iso = dt.datetime.fromisoformat
 
 
 def from_wire(rows: Iterable[tuple[Any, ...]], positions: Sequence[int] | None = None) -> list[Checked]:
     """:func:`checked_wire`'s rows as :class:`Checked` with :class:`Cleared` taps (``tap_at`` an
     aware UTC time again, read from its text); ``positions`` maps a row's position to the batch's."""
-    new, at, text = _new_tuple, _WIRE_AT, _WIRE_AT_TEXT
+    new, text = _new_tuple, _WIRE_AT_TEXT
     out = []
     for position, key, wire, problem in rows:
         if positions is not None:
             position = positions[position]
         if wire is not None:
             # tap_at_text is sqlite_stamp's "YYYY-MM-DD HH:MM:SS.ffffff", always in UTC
-            wire = new(Cleared, (*wire[:at], _from_iso(wire[text] + "+00:00"), *wire[at:]))
+            wire = new(Cleared, (*wire, _from_iso(wire[text] + "+00:00")))
         out.append(new(Checked, (position, key, wire, problem)))
     return out
 

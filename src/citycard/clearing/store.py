@@ -291,6 +291,20 @@ _SQLITE_CHAIN = (
     "WHERE card = ?"
 )
 _PG_MAX_ATC = "max_atc = GREATEST(clearing_cards.max_atc, v.last_atc)"  # GREATEST skips a NULL
+# The same insert taking a Cleared's fields but tap_at, then the batch id and the loss refund flag,
+# by number: ?1 key, ?2 card, ?5 atc, ?6 amount, ?7 balance after, ?8 operator, ?9 route, ?10 vehicle,
+# ?11 terminal, ?12 exit refund (0: none, stored NULL), ?13 transit, ?14 tap_at text, ?15 day,
+# ?16 batch, ?17 refunded (?3, ?4: PAN and PSN, not stored).
+_CLEARED_BOUND = 15  # Cleared's fields before tap_at
+_SQLITE_CLEARED_TAP = (
+    "INSERT INTO clearing_taps (key, card, atc, batch_id, operator, route, vehicle, terminal_id, tap_at, day, "
+    "amount_fen, balance_after_fen, refunded, exit_refund_fen, transit) "
+    "VALUES (?1, ?2, ?5, ?16, ?8, ?9, ?10, ?11, ?14, ?15, ?6, ?7, ?17, NULLIF(?12, 0), ?13)"
+)
+assert Cleared._fields[:_CLEARED_BOUND] == (
+    "key", "card", "pan", "psn", "atc", "amount_fen", "balance_after_fen", "operator", "route", "vehicle",
+    "terminal_id", "exit_refund_fen", "transit", "tap_at_text", "day",
+), "_SQLITE_CLEARED_TAP numbers Cleared's fields"  # fmt: skip
 _TAP_COLUMNS = (
     "key", "card", "atc", "batch_id", "operator", "route", "vehicle", "terminal_id", "tap_at", "day",
     "amount_fen", "balance_after_fen", "refunded", "exit_refund_fen", "transit",
@@ -366,19 +380,13 @@ def _write_result(
                 },
             )
     else:
-        stamp = sqlite_stamp
-        if cleared:
-            rows = [
-                # a worker's Cleared row carries its texts: the tuple straight, no call (_tap_tuple)
-                (
-                    t.key, t.card, t.atc, batch_id, t.operator, t.route, t.vehicle, t.terminal_id, t.tap_at_text,
-                    t.day, t.amount_fen, t.balance_after_fen, r, t.exit_refund_fen or None, t.transit,
-                )
-                if type(t) is Cleared and t.tap_at_text
-                else _tap_tuple(t, batch_id, r, stamp)
-                for t, r in cleared
-            ]  # fmt: skip
-            conn.exec_driver_sql(_SQLITE_TAP, rows)
+        texts = [(t, r) for t, r in cleared if type(t) is Cleared and t.tap_at_text]
+        if texts:  # a worker's Cleared carries its texts: its fields straight, in one slice
+            extra = (batch_id,)
+            conn.exec_driver_sql(_SQLITE_CLEARED_TAP, [t[:_CLEARED_BOUND] + extra + (r,) for t, r in texts])
+        if len(texts) < len(cleared):
+            others = [(t, r) for t, r in cleared if not (type(t) is Cleared and t.tap_at_text)]
+            conn.exec_driver_sql(_SQLITE_TAP, [_tap_tuple(t, batch_id, r, sqlite_stamp) for t, r in others])
         if chains:
             conn.exec_driver_sql(_SQLITE_CHAIN, [(atc, balance, atc, card) for atc, balance, card in chains])
     now = utc_now()
