@@ -164,3 +164,18 @@ def test_partition_puts_every_record_where_its_card_text_goes(uploads: list, par
     assert _bucket({"pan": "6230", "psn": "01"}, parts) == zlib.crc32(b"6230:01") % parts
     assert _bucket({"pan": "6230"}, parts) == zlib.crc32(b"6230:None") % parts
     assert _bucket(["x"], parts) == zlib.crc32(b"") % parts
+
+
+def test_batches_clearing_at_once_share_the_collector_setting_until_the_last_ends() -> None:
+    import gc
+
+    from citycard.clearing.parallel import YOUNG_OBJECTS_PER_COLLECTION, batch_collector
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    first, second = batch_collector(), batch_collector()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first batch ends while the second still clears
+    assert gc.get_threshold() == (YOUNG_OBJECTS_PER_COLLECTION, *before[1:])
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -63,6 +64,11 @@ def _start(spec: VerifierSpec) -> None:
     _verifier = spec.build()
 
 
+_collector_lock = threading.Lock()
+_collector_users = 0  # batches clearing in this process now (threads of a server)
+_collector_threshold: tuple[int, int, int] = (0, 0, 0)  # what the first of them found
+
+
 @contextmanager
 def batch_collector() -> Iterator[None]:
     """The collector while this process clears a batch: the objects there are now (the uploads
@@ -70,15 +76,23 @@ def batch_collector() -> Iterator[None]:
     copy-on-write pages when they collect, and the collections set off by the rows built during
     the batch do not walk them again and again (that was ~10 µs of the parent's CPU per record) —
     and the youngest generation is collected every :data:`YOUNG_OBJECTS_PER_COLLECTION` new
-    objects. Both are undone after."""
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION, *threshold[1:])
+    objects. Both are undone when the last batch clearing in the process ends (batches in several
+    threads at once share one setting)."""
+    global _collector_users, _collector_threshold
+    with _collector_lock:
+        if _collector_users == 0:
+            _collector_threshold = gc.get_threshold()
+            gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION, *_collector_threshold[1:])
+        _collector_users += 1
+        gc.freeze()
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
+        with _collector_lock:
+            _collector_users -= 1
+            if _collector_users == 0:
+                gc.set_threshold(*_collector_threshold)
+                gc.unfreeze()
 
 
 def _run(task: tuple[list[int], int, int]) -> tuple[list[tuple[Any, ...]], bytes]:

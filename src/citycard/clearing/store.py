@@ -427,8 +427,7 @@ def intake(
     IAD MAC in the HSM) in ``workers`` processes or in this one; then here, in the one write
     transaction, the partition's state is read (:func:`load_known_for`), the stateful checks run
     (:func:`~citycard.clearing.batch.decide`) and the result is written in bulk."""
-    from citycard.clearing import parallel
-    from citycard.clearing.parallel import checked_parts
+    from citycard.clearing import parallel  # here: multiprocessing's pool is for an intake only
 
     if not isinstance(batch_id, str) or not 1 <= len(batch_id) <= 64 or not batch_id.isprintable():
         raise ClearingError(f"batch id {batch_id!r} must be 1…64 printable characters")
@@ -452,7 +451,9 @@ def intake(
         digests: list[str] = []  # a new batch: its digest comes from a worker, after the partitions
         accounts = AccountCache(one_transaction=True)  # the EC rows load_known_for reads, for post_many
         with parallel.batch_collector():
-            for checked in checked_parts(uploads, keys=keys, workers=workers, on_digest=digests.append):
+            for checked in parallel.checked_parts(
+                uploads, keys=keys, workers=workers, on_digest=digests.append
+            ):
                 taps = [c.tap for c in checked if c.tap is not None]
                 known = load_known_for(
                     conn,
