@@ -154,7 +154,7 @@ _SQLITE_ADD_TO_BALANCE = (
     "INSERT INTO ledger_balances (account_id, layer, slot, balance_fen) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (account_id, layer, slot) DO UPDATE SET balance_fen = balance_fen + excluded.balance_fen"
 )
-# The same two statements as one-statement ``unnest`` inserts on PostgreSQL (:mod:`.bulk`).
+# The posting insert and the balance upsert as one-statement inserts on PostgreSQL (:mod:`.bulk`).
 _PG_POSTINGS_SUFFIX = "ON CONFLICT DO NOTHING RETURNING id, key"
 _PG_BALANCES_SUFFIX = (
     "ON CONFLICT (account_id, layer, slot) DO UPDATE "
