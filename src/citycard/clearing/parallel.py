@@ -179,8 +179,8 @@ def checked_parts(
     if not isinstance(keys, VerifierSpec):
         raise ValueError("workers > 1 need a VerifierSpec (each worker opens the HSM itself)")
     global _uploads
-    # Opened here, the forked workers find libcrypto loaded and checked (its cffi declarations take
-    # ~50 ms to parse); each would otherwise do it again before its first partition.
+    # Opened here, the forked workers find libcrypto loaded and checked; each would otherwise open
+    # and check it again before its first partition.
     libcrypto.load()
     context = multiprocessing.get_context("fork")  # the parent's imports and tables come for free
     _uploads = uploads

@@ -1,5 +1,6 @@
-"""Retail MAC and SM4 CBC-MAC from the system's OpenSSL libcrypto (through cffi), for batches of
-MACs under keys that change with every MAC — clearing's TC and IAD balance MACs (hsm.tc_batch).
+"""Retail MAC, SM4 CBC-MAC and ECB from the system's OpenSSL libcrypto (through cffi), for batches
+of operations under keys that change with every call — clearing's TC and IAD balance MACs and its
+session keys (hsm.tc_batch).
 
 Why not ``cryptography`` there: every MAC under a fresh session key needs fresh cipher contexts
 (two for a retail MAC), and a context's construction (Python and Rust objects, OpenSSL's EVP
@@ -8,16 +9,17 @@ schedule in a buffer the caller owns (``DES_set_key_unchecked``) and SM4 re-keys
 so a MAC here is four foreign calls (retail) or two (SM4): about a third of the cost of a retail
 MAC through ``cryptography``, two thirds of an SM4 one (docs/clearing.md, fifth session).
 
-Both answer exactly what :func:`citycard.crypto.mac.retail_mac` and
-:func:`~citycard.crypto.mac.sm4_cbc_mac` answer: :func:`load` checks that on known vectors before
-it hands out an instance, and returns ``None`` — callers then stay on ``cryptography`` — when
+They answer exactly what :func:`citycard.crypto.mac.retail_mac`,
+:func:`~citycard.crypto.mac.sm4_cbc_mac` and ``crypto.blockcipher``'s ECB answer: :func:`load`
+checks that on known inputs before it hands out an instance, and returns ``None`` — callers then stay on ``cryptography`` — when
 libcrypto 3 or one of its symbols is missing, a check fails, or ``CITYCARD_LIBCRYPTO=0`` is set.
 The DES functions are OpenSSL's legacy low-level API (deprecated in 3.0, still exported); a
 release that drops them falls back the same way.
 
-An instance owns its buffers and its EVP context: one per thread (or per call), never shared.
+An instance owns its buffers and its EVP contexts: one per thread (or per call), never shared.
 Keys pass through as ``bytes`` and are never kept beyond the call but in the instance's key
-schedule buffers, which the next MAC overwrites.
+schedule buffers and contexts, which the next call overwrites. The declarations come pre-compiled
+(``_libcrypto_ffi``, see :func:`generated_source`).
 """
 
 from __future__ import annotations

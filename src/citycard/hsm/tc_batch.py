@@ -2,12 +2,13 @@
 
 The same checks as :meth:`SoftHSM.verify_arqc` and :meth:`SoftHSM.verify_iad_mac` (pboc-notes
 §2.4, §4.1–4.3), arranged for thousands of taps of a few thousand cards: each IMK is unwrapped and
-checked for its usage once per call, each card key is derived once per card (not once per tap), and
-the session keys of all of a card's ATCs come from ONE ECB call under that card key (the session-key
-input blocks 000000000000‖ATC ‖ 000000000000‖ATC⊕FFFF of every ATC, one after another; ECB
-encrypts each block alone). Only the two MACs per tap need a key of their own: they run on the
-system's libcrypto when it is usable (:mod:`citycard.crypto.libcrypto`, a third of the cost of fresh
-``cryptography`` contexts for a retail MAC), else on ``cryptography``. Clear keys exist only inside
+checked for its usage once per call, the card keys of all the call's cards come from ONE ECB call
+per IMK (option A's Y ‖ Y⊕FF…FF of every card, one after another), and the session keys of all of a
+card's ATCs from ONE ECB call under that card key (the session-key input blocks
+000000000000‖ATC ‖ 000000000000‖ATC⊕FFFF of every ATC; ECB encrypts each block alone). Only the
+two MACs per tap need a key of their own. The MACs and the session-key ECB run on the system's
+libcrypto when it is usable (:mod:`citycard.crypto.libcrypto`: re-keyed contexts instead of fresh
+``cryptography`` ones), else on ``cryptography``. Clear keys exist only inside
 this function (the HSM layer); the caller gets a reason or ``None`` per tap.
 """
 
