@@ -1,8 +1,9 @@
-"""The fast path of the clearing parser (``parse_fields_fast``) against the general one.
+"""The fast paths of the clearing parser (``parse_fields_fast``, and ``native_parser``'s C one when
+it is built) against the general one.
 
-For any upload, the fast path either declines (``None``) or gives exactly the record the general
-parser gives; and ``parse_record`` (fast, then general) gives the general parser's record or its
-error, word for word. Checked on canonical uploads of both field-55 layouts (the kernel's and the
+For any upload, a fast path either declines (``None``) or gives exactly the record the general
+parser gives; and ``parse_record`` (C, Python fast, then general) gives the general parser's record
+or its error, word for word. Checked on canonical uploads of both field-55 layouts (the kernel's and the
 synthetic one) and on mutations of them: fields replaced by any JSON value, field 55 bytes changed,
 cut, lengthened, lower-cased or spaced, times moved or stripped of their zone.
 """
@@ -13,14 +14,17 @@ import datetime as dt
 import random
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.conftest import require_service
 
 from citycard.clearing.batch import Checked, Cleared, check_records
 from citycard.clearing.record import (
     UPLOAD_FIELDS,
     ClearingRecord,
     MalformedRecord,
+    native_parser,
     parse_fields_fast,
     parse_record,
     parse_record_general,
@@ -80,11 +84,21 @@ def _outcome(parse: Any, upload: Any) -> tuple[str, Any]:
         return ("malformed", str(exc))
 
 
+NATIVE = native_parser()
+
+
 def _same(upload: Any) -> None:
     general = _outcome(parse_record_general, upload)
     fast = parse_fields_fast(upload)
     if fast is not None:
         assert general == ("record", ClearingRecord(*fast))
+        assert fast[13].tzinfo is dt.UTC
+    if NATIVE is not None:
+        native = NATIVE(upload)
+        if native is not None:  # the C path answers only what the Python one answers, to the object
+            assert native == fast
+            assert native[13].tzinfo is dt.UTC
+            assert [type(value) for value in native] == [type(value) for value in fast]
     assert _outcome(parse_record, upload) == general
 
 
@@ -93,6 +107,76 @@ def test_canonical_uploads_take_the_fast_path_with_the_general_answer() -> None:
         fast = parse_fields_fast(upload)
         assert fast is not None, upload
         assert ClearingRecord(*fast) == parse_record_general(upload)
+
+
+def test_the_c_parser_is_built() -> None:
+    require_service(
+        NATIVE is not None, "clearing._record_native was not built (no C compiler or Python headers)"
+    )
+
+
+def test_the_c_parser_takes_the_validators_uploads() -> None:
+    if NATIVE is None:
+        pytest.skip("clearing._record_native is not built")
+    for upload in UPLOADS:
+        if "transit" in upload:  # left to Python (parse_transit)
+            assert NATIVE(upload) is None
+        else:
+            assert NATIVE(upload) == parse_fields_fast(upload)
+
+
+def test_the_c_parser_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYCARD_NATIVE", "0")
+    assert native_parser() is None
+    assert parse_record(UPLOADS[0]) == parse_record_general(UPLOADS[0])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(UPLOADS),
+    st.integers(0, 10_000),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.integers(0, 25),
+    st.integers(0, 61),
+    st.sampled_from(("+00:00", "Z", "+08:00", "+00:00x", "")),
+)
+def test_times_of_every_shape_and_range(
+    upload: dict[str, Any], year: int, month: int, day: int, hour: int, minute: int, zone: str
+) -> None:
+    """Years to 9999 (whose Asia/Shanghai day may not exist), invalid months, days, hours, minutes,
+    and other zones: the C path's date arithmetic against Python's."""
+    _same(dict(upload, tap_at=f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:00{zone}"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(UPLOADS), st.integers(-1, 3), st.sampled_from(("9A", "9F02", "9F5D", "9F10")), st.data()
+)
+def test_dates_amounts_and_balances_near_the_limits(
+    upload: dict[str, Any], days: int, tag: str, data: st.DataObject
+) -> None:
+    """9A moved around the tap's day, month ends and leap days; amounts and balances at the BCD limits."""
+    moment = dt.datetime.fromisoformat(upload["tap_at"])
+    moment = moment.replace(
+        month=data.draw(st.sampled_from((1, 2, 3, 12))), day=data.draw(st.integers(1, 28))
+    )
+    moment = moment.replace(year=data.draw(st.sampled_from((2024, 2025, 2099))))
+    local = (moment + dt.timedelta(hours=8, days=days)).date()
+    values = flat_primitives(bytes.fromhex(upload["field55"]))
+    values["9A"] = bytes.fromhex(local.strftime("%y%m%d")) if local.year < 2100 else values["9A"]
+    fen = data.draw(st.sampled_from((0, 1, 9_999_999_999, 10_000_000_000, 999_999_999_999)))
+    if tag == "9F02":
+        values["9F02"] = bytes.fromhex(f"{fen:012d}")
+        upload = dict(upload, amount_fen=fen)
+    elif tag in ("9F5D", "9F10"):
+        values["9F5D"] = bytes.fromhex(f"{fen:012d}")
+        iad = bytearray(values["9F10"])
+        iad[10:15] = bytes.fromhex(f"{fen % 10**10:010d}")
+        values["9F10"] = bytes(iad)
+        upload = dict(upload, balance_fen_after=fen)
+    text = b"".join(bytes.fromhex(t) + bytes([len(v)]) + v for t, v in values.items()).hex().upper()
+    _same(dict(upload, field55=text, tap_at=moment.isoformat()))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -58,6 +58,7 @@ from typing import Any, NamedTuple
 from citycard.clearing.record import (
     ClearingRecord,
     MalformedRecord,
+    native_parser,
     parse_fields_fast,
     parse_record,  # noqa: F401 — still importable from here (benchmarks/clearing_split.py wraps it)
     parse_record_general,
@@ -461,9 +462,11 @@ def _parsed(records: Sequence[Mapping[str, Any]]) -> tuple[list[tuple[int, Any]]
     """(position, ClearingRecord fields) of the records that parse; the others as malformed Checked."""
     malformed: list[Any] = []
     parsed: list[tuple[int, Any]] = []  # (position, the ClearingRecord fields in field order)
-    fast = parse_fields_fast
+    fast, native = parse_fields_fast, native_parser()
     for position, upload in enumerate(records):
-        fields = fast(upload)
+        fields = native(upload) if native is not None else None
+        if fields is None:
+            fields = fast(upload)
         if fields is None:
             try:
                 fields = astuple_record(parse_record_general(upload))

@@ -14,6 +14,7 @@ plain fields of the upload must agree with it; a record where they differ is mal
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,8 +44,8 @@ UPLOAD_FIELDS = (
 )  # fmt: skip
 _UPLOAD_FIELD_SET = frozenset(UPLOAD_FIELDS)
 __all__ = [
-    "ClearingRecord", "MalformedRecord", "parse_fields_fast", "parse_record", "parse_record_general", "record_key",
-    "upload_dict",
+    "ClearingRecord", "MalformedRecord", "native_parser", "parse_fields_fast", "parse_record", "parse_record_general",
+    "record_key", "upload_dict",
 ]  # fmt: skip
 
 
@@ -152,7 +153,11 @@ def _tap_at(upload: Mapping[str, Any]) -> dt.datetime:
         raise MalformedRecord(f"tap_at: {value!r} is not a time")
     if moment.tzinfo is None:
         raise MalformedRecord(f"tap_at: {value!r} has no time zone (times are aware UTC)")
-    return moment.astimezone(dt.UTC)
+    try:  # its UTC time and its Asia/Shanghai day (the 9A check) must be dates Python has
+        moment.astimezone(CHINA_TIME)
+        return moment.astimezone(dt.UTC)
+    except OverflowError:
+        raise MalformedRecord(f"tap_at: {value!r} is out of range") from None
 
 
 def flat_tlv(raw: bytes) -> dict[str, bytes]:
@@ -194,10 +199,14 @@ def parse_record(upload: Mapping[str, Any]) -> ClearingRecord:
     field 55 that does not decode or lacks an AC input tag, an IAD without the EC balance IDD, or
     plain fields that disagree with field 55 (amount, balance, tap date).
 
-    The canonical uploads (:data:`FIELD55_LAYOUTS`) take :func:`parse_fields_fast`; anything else,
-    and every error, takes :func:`parse_record_general` — the same record or the same error.
+    The canonical uploads (:data:`FIELD55_LAYOUTS`) take :func:`native_parser` (in C) when it is
+    built, else :func:`parse_fields_fast`; anything else, and every error, takes
+    :func:`parse_record_general` — the same record or the same error.
     """
-    fields = parse_fields_fast(upload)
+    native = native_parser()
+    fields = native(upload) if native is not None else None
+    if fields is None:
+        fields = parse_fields_fast(upload)
     if fields is not None:
         return ClearingRecord(*fields)
     return parse_record_general(upload)
@@ -383,7 +392,11 @@ def parse_fields_fast(upload: Any) -> tuple[Any, ...] | None:
         and _PLAIN_RE.fullmatch(plain)
     ):  # fmt: skip
         return None
-    tap_at = tap_at.astimezone(_UTC)
+    try:
+        tap_at = tap_at.astimezone(_UTC)
+        local = (tap_at + _CHINA_OFFSET).date()
+    except OverflowError:  # at the ends of Python's dates: the general parser names it
+        return None
     if transit is not None:
         try:
             transit = parse_transit(transit)
@@ -413,7 +426,6 @@ def parse_fields_fast(upload: Any) -> tuple[Any, ...] | None:
         and (layout.balance < 0 or values[layout.balance] == balance)
     ):  # fmt: skip
         return None
-    local = (tap_at + _CHINA_OFFSET).date()
     date_key = (values[layout.date], local)
     fits = _date_fits.get(date_key)
     if fits is None:
@@ -428,6 +440,56 @@ def parse_fields_fast(upload: Any) -> tuple[Any, ...] | None:
         pan, psn, int.from_bytes(values[layout.atc], "big"), amount, after + amount, after, values[layout.tc],
         ac_input, iad, terminal_id, operator, route, vehicle, tap_at, raw, transit,
     )  # fmt: skip
+
+
+NATIVE_ENV = "CITYCARD_NATIVE"  # "0": never use the C fast paths (A/B measurements, the fallback's tests)
+
+
+def _native_layouts() -> list[tuple[Any, ...]]:
+    """:data:`FIELD55_LAYOUTS` as the C parser takes them: per layout the whole field 55 with its
+    tags and lengths in place (``template``), where it must match (``fixed``), and the offsets of
+    the values it reads (-1: not in the layout) — 9F26, 9F27, 9F10, 9F02, 9F36, 9A, 9F5D, then
+    (offset, length) of each AC input value in :data:`AC_INPUT_TAGS` order."""
+    out = []
+    for spec in FIELD55_LAYOUTS:
+        template, fixed, offsets = bytearray(), bytearray(), {}
+        for tag, length in spec:
+            header = bytes.fromhex(tag) + bytes([length])
+            template += header + bytes(length)
+            fixed += b"\x01" * len(header) + bytes(length)
+            offsets[tag] = len(template) - length
+        lengths = dict(spec)
+        out.append((
+            bytes(template), bytes(fixed), offsets["9F26"], offsets.get("9F27", -1), offsets["9F10"],
+            offsets["9F02"], offsets["9F36"], offsets["9A"], offsets.get("9F5D", -1),
+            tuple((offsets[tag], lengths[tag]) for tag in AC_INPUT_TAGS),
+        ))  # fmt: skip
+    return out
+
+
+def _load_native() -> Any:
+    """The C parser (``clearing._record_native``, built when a compiler was there), configured with
+    this module's layouts and limits; ``None`` when it was not built."""
+    try:
+        from citycard.clearing import _record_native
+    except ImportError:
+        return None
+    _record_native.configure(
+        _native_layouts(), AMOUNT_FEN_MAX, IDD_TYPE_EC, CID_TC, TAP_DATE_SLACK_DAYS, FIELD55_HEX_MAX
+    )
+    return _record_native.parse_canonical
+
+
+_native_parse = _load_native()
+
+
+def native_parser() -> Any:
+    """:func:`parse_fields_fast` in C for the validators' usual uploads — the same fields, or
+    ``None`` for any other upload, which :func:`parse_fields_fast` then reads — or ``None`` when
+    the extension is not built or ``CITYCARD_NATIVE=0``. Checked per batch, not per record."""
+    if os.environ.get(NATIVE_ENV, "1") == "0":
+        return None
+    return _native_parse
 
 
 def record_key(upload: Mapping[str, Any]) -> str:

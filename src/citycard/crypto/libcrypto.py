@@ -256,5 +256,23 @@ def load() -> LibcryptoMacs | None:
     return LibcryptoMacs(_state["ffi"], _state["lib"], _state["ciphers"])
 
 
+FUNCTIONS = (  # what C code may call (hsm._tc_native), by the addresses below
+    "DES_set_key_unchecked", "DES_cbc_cksum", "DES_ede3_cbc_encrypt", "EVP_CIPHER_CTX_new", "EVP_CIPHER_CTX_free",
+    "EVP_EncryptInit_ex", "EVP_EncryptUpdate",
+)  # fmt: skip
+
+
+def addresses() -> dict[str, int] | None:
+    """The addresses of :data:`FUNCTIONS` and of the EVP ciphers :data:`CIPHERS` in the libcrypto
+    :func:`load` opened and checked, by name — for C code that computes with the same library
+    (``hsm._tc_native``, which links against nothing) — or ``None`` when :func:`load` gives none."""
+    if load() is None:
+        return None
+    ffi, lib = _state["ffi"], _state["lib"]
+    out = {name: int(ffi.cast("uintptr_t", getattr(lib, name))) for name in FUNCTIONS}
+    out.update({name: int(ffi.cast("uintptr_t", cipher)) for name, cipher in _state["ciphers"].items()})
+    return out
+
+
 if __name__ == "__main__":
     print(generated_source(), end="")

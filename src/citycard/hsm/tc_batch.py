@@ -15,6 +15,8 @@ this function (the HSM layer); the caller gets a reason or ``None`` per tap.
 from __future__ import annotations
 
 import hmac
+import os
+import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -170,26 +172,151 @@ class TcBatchOperations:
                 strict=True,
             )
         }
+        native = _native_verify()
+        if native is not None and _verify_native(native, taps, groups, card_keys, reasons):
+            return reasons
         for group, indexes in groups.items():
-            name = group[0]
-            suite = _SUITES[name]
-            block_mac, ecb, pads = block_macs[name], ecbs[name], _PADS[suite.block_bytes]
-            balance_pad = b"\x00" + pads[8 % len(pads)]  # after ATC ‖ balance: 00, then method 2
             card_ac, card_mac = card_keys[group]
-            atcs = [taps[i][2] for i in indexes]
-            ac_keys = _session_keys(card_ac, atcs, suite, ecb)
-            mac_keys = _session_keys(card_mac, atcs, suite, ecb)
-            for index, ac_key, mac_key in zip(indexes, ac_keys, mac_keys, strict=True):
-                _, _, atc, ac_input, tc, iad = taps[index]
-                # crypto.cryptogram.pboc_mac without its argument checks (the inputs are built here),
-                # padded by method 2 (pads: the suffix by length modulo the block)
-                ac_data = ac_input + pads[len(ac_input) % len(pads)]
-                if not hmac.compare_digest(block_mac(ac_key, ac_data)[:8], tc):
-                    reasons[index] = f"TC 9F26 does not verify ({name})"
-                    continue
-                # 9F10: 8 standard bytes, then 0A 01 balance(5) MAC(4) (pboc-notes §2.4); MAC input
-                # ATC ‖ balance ‖ 00, 8 bytes: padded, two blocks of 8 or one of 16
-                balance_mac = block_mac(mac_key, atc + iad[10:15] + balance_pad)[:4]
-                if not hmac.compare_digest(balance_mac, iad[15:19]):
-                    reasons[index] = f"IAD EC balance MAC does not verify ({name})"
+            _verify_card(taps, indexes, group[0], card_ac, card_mac, block_macs, ecbs, reasons)
         return reasons
+
+
+def _verify_card(
+    taps: Sequence[Any],
+    indexes: Sequence[int],
+    name: str,
+    card_ac: bytes,
+    card_mac: bytes,
+    block_macs: Mapping[str, Any],
+    ecbs: Mapping[str, Any],
+    reasons: list[str | None],
+) -> None:
+    """The taps ``indexes`` of one card (suite ``name``, its AC and MAC card keys) in Python: why
+    each does not verify into ``reasons``."""
+    suite = _SUITES[name]
+    block_mac, ecb, pads = block_macs[name], ecbs[name], _PADS[suite.block_bytes]
+    balance_pad = b"\x00" + pads[8 % len(pads)]  # after ATC ‖ balance: 00, then method 2
+    atcs = [taps[i][2] for i in indexes]
+    ac_keys = _session_keys(card_ac, atcs, suite, ecb)
+    mac_keys = _session_keys(card_mac, atcs, suite, ecb)
+    for index, ac_key, mac_key in zip(indexes, ac_keys, mac_keys, strict=True):
+        _, _, atc, ac_input, tc, iad = taps[index]
+        # crypto.cryptogram.pboc_mac without its argument checks (the inputs are built here),
+        # padded by method 2 (pads: the suffix by length modulo the block)
+        ac_data = ac_input + pads[len(ac_input) % len(pads)]
+        if not hmac.compare_digest(block_mac(ac_key, ac_data)[:8], tc):
+            reasons[index] = f"TC 9F26 does not verify ({name})"
+            continue
+        # 9F10: 8 standard bytes, then 0A 01 balance(5) MAC(4) (pboc-notes §2.4); MAC input
+        # ATC ‖ balance ‖ 00, 8 bytes: padded, two blocks of 8 or one of 16
+        balance_mac = block_mac(mac_key, atc + iad[10:15] + balance_pad)[:4]
+        if not hmac.compare_digest(balance_mac, iad[15:19]):
+            reasons[index] = f"IAD EC balance MAC does not verify ({name})"
+
+
+NATIVE_ENV = "CITYCARD_NATIVE"  # "0": never use the C loop (as clearing.record.NATIVE_ENV)
+_SUITE_CODES = {"INTL": 0, "GM": 1}  # hsm._tc_native's suite numbers
+_native_lock = threading.Lock()
+_native_state: dict[str, Any] = {}  # "verify": the checked C function, or None
+
+
+def _verify_native(
+    native: Any,
+    taps: Sequence[Any],
+    groups: Mapping[tuple[str, str, str], list[int]],
+    card_keys: Mapping[tuple[str, str, str], tuple[bytes, bytes]],
+    reasons: list[str | None],
+) -> bool:
+    """Every grouped tap verified by the C loop (``hsm._tc_native.verify``), its reasons into
+    ``reasons``; ``False`` (nothing written) when a tap is not in the shape the C loop takes —
+    then the Python loop answers, as it would have."""
+    order: list[int] = []
+    tap_list: list[Any] = []
+    key_list: list[tuple[int, bytes, bytes]] = []
+    for group, indexes in groups.items():
+        pair = (_SUITE_CODES[group[0]], *card_keys[group])
+        order += indexes
+        tap_list += [taps[i] for i in indexes]
+        key_list += [pair] * len(indexes)
+    try:
+        statuses = native(tap_list, key_list)
+    except (TypeError, ValueError):
+        return False
+    for index, status in zip(order, statuses, strict=True):
+        if status:
+            name = _BY_IAD_ID[taps[index][5][7]].name
+            reasons[index] = (
+                f"TC 9F26 does not verify ({name})"
+                if status == 1
+                else f"IAD EC balance MAC does not verify ({name})"
+            )
+    return True
+
+
+def _native_verify() -> Any:
+    """``hsm._tc_native.verify`` bound to the libcrypto :mod:`~citycard.crypto.libcrypto` opened,
+    once per process, and only when it answers what the Python loop answers on sample taps of both
+    suites (good, bad TC, bad balance MAC); else ``None`` — not built, no usable libcrypto, a
+    disagreement, or ``CITYCARD_NATIVE=0``."""
+    if os.environ.get(NATIVE_ENV, "1") == "0" or os.environ.get(libcrypto.DISABLE_ENV, "1") == "0":
+        return None
+    with _native_lock:
+        if not _native_state:
+            _native_state["verify"] = _bind_native()
+        return _native_state["verify"]
+
+
+def _bind_native() -> Any:
+    try:
+        from citycard.hsm import _tc_native
+    except ImportError:
+        return None
+    addresses = libcrypto.addresses()
+    if addresses is None:
+        return None
+    try:
+        _tc_native.bind(addresses)
+        taps, keys, expected = _sample_taps()
+        if _tc_native.verify(taps, keys) != expected:
+            return None
+    except (TypeError, ValueError, KeyError):
+        return None
+    return _tc_native.verify
+
+
+def _sample_taps() -> tuple[list[tuple[Any, ...]], list[tuple[int, bytes, bytes]], bytes]:
+    """Taps of two cards per suite, several ATCs and AC input lengths, some with a wrong TC or
+    balance MAC, and what the Python loop answers for them (0 good, 1 TC, 2 balance MAC)."""
+    macs, ecbs = _block_ciphers()
+    taps: list[tuple[Any, ...]] = []
+    keys: list[tuple[int, bytes, bytes]] = []
+    for name, code in _SUITE_CODES.items():
+        suite = _SUITES[name]
+        pads = _PADS[suite.block_bytes]
+        for card in range(2):
+            card_ac = bytes((card * 29 + code * 7 + i * 13) & 0xFF for i in range(16))
+            card_mac = bytes((card * 31 + code * 5 + i * 17 + 1) & 0xFF for i in range(16))
+            pair = (code, card_ac, card_mac)
+            for atc_value in (1, 2, 0x00FF, 0xFFFE):
+                atc = atc_value.to_bytes(2, "big")
+                ac_input = bytes((atc_value + i * 3) & 0xFF for i in range(37 + atc_value % 5))
+                (ac_key,) = _session_keys(card_ac, [atc], suite, ecbs[name])
+                (mac_key,) = _session_keys(card_mac, [atc], suite, ecbs[name])
+                tc = macs[name](ac_key, ac_input + pads[len(ac_input) % len(pads)])[:8]
+                balance = atc_value.to_bytes(5, "big")
+                mac = macs[name](mac_key, atc + balance + b"\x00" + pads[8 % len(pads)])[:4]
+                iad = bytes([0x07, 1, 1, 3, 0x90, 0, 0, suite.iad_algorithm_id, 0x0A, 0x01]) + balance + mac
+                if atc_value == 2:
+                    tc = bytes([tc[0] ^ 1]) + tc[1:]
+                if atc_value == 0x00FF:
+                    iad = iad[:-1] + bytes([iad[-1] ^ 0x80])
+                taps.append(("6235480000000000", f"{card:02d}", atc, ac_input, tc, iad))
+                keys.append(pair)
+    reasons: list[str | None] = [None] * len(taps)
+    for start in range(0, len(taps), 4):
+        name = "INTL" if keys[start][0] == 0 else "GM"
+        indexes = range(start, start + 4)
+        _verify_card(taps, indexes, name, keys[start][1], keys[start][2], macs, ecbs, reasons)
+    codes = bytes(0 if r is None else 1 if r.startswith("TC") else 2 for r in reasons)
+    assert codes.count(0) and codes.count(1) and codes.count(2), "the sample lacks a good or a bad tap"
+    return taps, keys, codes
