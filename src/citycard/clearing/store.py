@@ -459,7 +459,8 @@ def intake(
     if workers > 1 and not isinstance(keys, VerifierSpec):
         raise ClearingError("--workers needs a VerifierSpec (each worker opens the HSM itself)")
     now = now or utc_now()
-    with write_transaction(engine) as conn:
+    # a batch writes megabytes of WAL: its commit leaves the checkpoint to a background thread
+    with write_transaction(engine, checkpoint_after=True) as conn:
         stored = conn.execute(sa.select(Batch).where(Batch.batch_id == batch_id)).first()
         if stored is not None:
             if stored.digest != digest_of(uploads):
