@@ -7,11 +7,14 @@ import itertools
 import json
 import zlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import require_service
 
-from citycard.clearing.batch import _upload_json, digest_of, digest_of_parts, digest_part
+from citycard.clearing.batch import _record_json, _upload_json, digest_of, digest_of_parts, digest_part
 from citycard.clearing.parallel import TAPER_SPLIT, partition, tapered
+from citycard.clearing.record import native_json_part
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
@@ -58,6 +61,46 @@ def test_the_digest_of_uploads_is_their_canonical_json(records: list) -> None:
     expected = json.dumps(records, sort_keys=True, separators=(",", ":"), default=str)
     assert digest_part(records) == expected[1:-1].encode()
     assert digest_of(records) == hashlib.sha256(expected.encode()).hexdigest()
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    records=st.lists(upload_like | st.dictionaries(st.text(max_size=6), json_values, max_size=4), max_size=5)
+)
+def test_the_c_writer_gives_the_python_text(records: list) -> None:
+    """clearing._record_native.canonical_json_part against the Python writers, record by record."""
+    native = native_json_part()
+    if native is None:
+        return  # not built: test_the_c_writer_is_built says so
+    asked: list[object] = []
+
+    def fallback(record: object) -> str:
+        asked.append(record)
+        return _record_json(record)
+
+    assert native(records, fallback) == ",".join(_record_json(r) for r in records).encode()
+    asked_ids = {id(r) for r in asked}
+    for record in records:  # the C writer takes exactly the usual uploads without a transit object
+        usual = _upload_json(record) is not None and "transit" not in record
+        fits = usual and all(-(2**63) <= record[k] < 2**63 for k in ("amount_fen", "balance_fen_after"))
+        assert (id(record) in asked_ids) == (not fits), record
+
+
+def test_the_c_writer_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    require_service(native_json_part() is not None, "clearing._record_native was not built")
+    monkeypatch.setenv("CITYCARD_NATIVE", "0")
+    assert native_json_part() is None
+
+
+def test_the_c_writer_refuses_a_fallback_that_is_not_text() -> None:
+    native = native_json_part()
+    if native is None:
+        pytest.skip("clearing._record_native is not built")
+    with pytest.raises(TypeError, match="fallback must return a str"):
+        native([{"a": 1}], lambda record: b"{}")
+    with pytest.raises(ZeroDivisionError):
+        native([{"a": 1}], lambda record: 1 / 0)
+    assert native([], _record_json) == b""
 
 
 def test_the_usual_upload_takes_the_format_string() -> None:

@@ -58,6 +58,7 @@ from typing import Any, NamedTuple
 from citycard.clearing.record import (
     ClearingRecord,
     MalformedRecord,
+    native_json_part,
     native_parser,
     parse_fields_fast,
     parse_record,  # noqa: F401 — still importable from here (benchmarks/clearing_split.py wraps it)
@@ -92,14 +93,22 @@ def digest_of(records: Sequence[Mapping[str, Any]]) -> str:
 def digest_part(records: Sequence[Mapping[str, Any]]) -> bytes:
     """The canonical JSON of consecutive records as :func:`digest_of` hashes it, without the list's
     brackets: the parts of a batch's slices, in order, give its digest (:func:`digest_of_parts`),
-    so workers can share the encoding. An upload of the usual shape is written by a format string
-    (:func:`_upload_json`), any other record by ``json.dumps``: the same text either way.
+    so workers can share the encoding. An upload of the usual shape is written in C where the
+    extension is built (``record.native_json_part``), else by a format string (:func:`_upload_json`),
+    any other record by ``json.dumps``: the same text every way (hypothesis-tested).
 
     >>> digest_of_parts([digest_part([{"a": 1}]), digest_part([]), digest_part([{"b": 2}])]) == digest_of([{"a": 1}, {"b": 2}])
     True
     """
-    fast, dumps = _upload_json, _canonical_json
-    return ",".join([fast(r) or dumps(r) for r in records]).encode()
+    native = native_json_part()
+    if native is not None:  # the usual uploads written in C (clearing._record_native), others below
+        return native(records, _record_json)
+    return ",".join([_record_json(r) for r in records]).encode()
+
+
+def _record_json(record: Any) -> str:
+    """A record's canonical JSON as :func:`digest_of` writes it (ASCII: json.dumps escapes the rest)."""
+    return _upload_json(record) or _canonical_json(record)
 
 
 def _canonical_json(value: Any) -> str:

@@ -44,7 +44,7 @@ UPLOAD_FIELDS = (
 )  # fmt: skip
 _UPLOAD_FIELD_SET = frozenset(UPLOAD_FIELDS)
 __all__ = [
-    "ClearingRecord", "MalformedRecord", "native_parser", "parse_fields_fast", "parse_record", "parse_record_general",
+    "ClearingRecord", "MalformedRecord", "native_json_part", "native_parser", "parse_fields_fast", "parse_record", "parse_record_general",
     "record_key", "upload_dict",
 ]  # fmt: skip
 
@@ -468,7 +468,7 @@ def _native_layouts() -> list[tuple[Any, ...]]:
 
 
 def _load_native() -> Any:
-    """The C parser (``clearing._record_native``, built when a compiler was there), configured with
+    """The C module (``clearing._record_native``, built when a compiler was there), configured with
     this module's layouts and limits; ``None`` when it was not built."""
     try:
         from citycard.clearing import _record_native
@@ -477,19 +477,28 @@ def _load_native() -> Any:
     _record_native.configure(
         _native_layouts(), AMOUNT_FEN_MAX, IDD_TYPE_EC, CID_TC, TAP_DATE_SLACK_DAYS, FIELD55_HEX_MAX
     )
-    return _record_native.parse_canonical
+    return _record_native
 
 
-_native_parse = _load_native()
+_native = _load_native()
+
+
+def native_json_part() -> Any:
+    """``canonical_json_part(records, fallback)`` in C — :func:`citycard.clearing.batch.digest_part`'s
+    bytes, the usual uploads written there and any other record by ``fallback`` (a str) — or
+    ``None`` when the extension is not built or ``CITYCARD_NATIVE=0``."""
+    if _native is None or os.environ.get(NATIVE_ENV, "1") == "0":
+        return None
+    return _native.canonical_json_part
 
 
 def native_parser() -> Any:
     """:func:`parse_fields_fast` in C for the validators' usual uploads — the same fields, or
     ``None`` for any other upload, which :func:`parse_fields_fast` then reads — or ``None`` when
     the extension is not built or ``CITYCARD_NATIVE=0``. Checked per batch, not per record."""
-    if os.environ.get(NATIVE_ENV, "1") == "0":
+    if _native is None or os.environ.get(NATIVE_ENV, "1") == "0":
         return None
-    return _native_parse
+    return _native.parse_canonical
 
 
 def record_key(upload: Mapping[str, Any]) -> str:
