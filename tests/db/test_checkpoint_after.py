@@ -72,3 +72,16 @@ def test_a_failed_transaction_starts_no_checkpoint(tmp_path: Path, monkeypatch: 
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM blobs").scalar() == 0
         assert conn.connection.dbapi_connection.execute("PRAGMA wal_autocheckpoint").fetchone() == (1_000,)  # type: ignore[union-attr]
+
+
+def test_a_checkpoint_that_cannot_run_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'gone' / 'x.db'}")
+    shutil.rmtree(tmp_path / "gone")  # the file's directory is gone: no connection can open it
+    with caplog.at_level("WARNING", logger="citycard.db.engine"):
+        db_engine.checkpoint_in_background(engine).join(timeout=30)
+    assert "background WAL checkpoint of sqlite:///" in caplog.text
+    assert "unable to open database file" in caplog.text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 DATABASE_URL_ENV = "CITYCARD_DATABASE_URL"
 DATA_DIR_ENV = "CITYCARD_DATA_DIR"
@@ -76,8 +78,6 @@ def _use_wal(cursor: Any) -> None:
     same moment (several processes running ``upgrade`` together). So: read the mode first (a file
     already in WAL needs nothing), and retry the switch for up to the busy timeout.
     """
-    import sqlite3
-
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
     while True:
         try:
@@ -189,8 +189,11 @@ def write_transaction(engine: Engine, *, checkpoint_after: bool = False) -> Iter
         try:
             with conn.begin():
                 yield conn
-        finally:  # the pooled connection goes back as it came
-            raw.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT_PAGES:d}")
+        finally:  # the pooled connection goes back as it came, or not at all
+            try:
+                raw.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT_PAGES:d}")
+            except sqlite3.Error:
+                conn.invalidate()
     checkpoint_in_background(engine)
 
 
@@ -205,15 +208,13 @@ def checkpoint_in_background(engine: Engine) -> threading.Thread:
 
 
 def _checkpoint(engine: Engine) -> None:
-    import sqlite3
-
     try:
         raw = engine.raw_connection()
         try:
             raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
         finally:
             raw.close()
-    except (sqlite3.Error, OSError) as exc:
+    except (sqlite3.Error, SQLAlchemyError, OSError) as exc:
         _log.warning("background WAL checkpoint of %s failed: %s", engine.url, exc)
 
 
