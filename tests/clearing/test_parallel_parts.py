@@ -14,7 +14,7 @@ from tests.conftest import require_service
 
 from citycard.clearing.batch import _record_json, _upload_json, digest_of, digest_of_parts, digest_part
 from citycard.clearing.parallel import TAPER_SPLIT, partition, tapered
-from citycard.clearing.record import native_json_part
+from citycard.clearing.record import native_json_part, native_partition
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
@@ -207,6 +207,65 @@ def test_partition_puts_every_record_where_its_card_text_goes(uploads: list, par
     assert _bucket({"pan": "6230", "psn": "01"}, parts) == zlib.crc32(b"6230:01") % parts
     assert _bucket({"pan": "6230"}, parts) == zlib.crc32(b"6230:None") % parts
     assert _bucket(["x"], parts) == zlib.crc32(b"") % parts
+
+
+CARD_TEXTS = (
+    st.text(max_size=4) | st.from_regex(r"[0-9]{12,19}", fullmatch=True) | st.sampled_from(["é", "\x00"])
+)
+USUAL_OR_ODD = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"pan": CARD_TEXTS, "psn": CARD_TEXTS}, optional={"atc": st.integers()}),
+        st.fixed_dictionaries({"pan": st.integers() | st.none(), "psn": CARD_TEXTS}),
+        st.fixed_dictionaries({"psn": CARD_TEXTS}),
+        st.builds(_Upload, pan=st.text(max_size=3), psn=st.text(max_size=2)),
+        st.none(),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    uploads=USUAL_OR_ODD,
+    parts=st.integers(min_value=1, max_value=12),
+    data=st.data(),
+)
+def test_the_c_partition_gives_the_python_lists(uploads: list, parts: int, data: st.DataObject) -> None:
+    """partition in C: the same lists as in Python for any batch and any grouping of the buckets;
+    a batch with any record the C path does not read (not a dict, PAN or PSN missing, not ASCII
+    text) is left to Python whole."""
+    native = native_partition()
+    if native is None:
+        pytest.skip("clearing._record_native is not built")
+    groups = data.draw(
+        st.lists(st.integers(min_value=0, max_value=parts - 1), min_size=parts, max_size=parts)
+    )
+    fast = partition(uploads, parts, groups)
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setenv("CITYCARD_NATIVE", "0")
+        assert native_partition() is None
+        assert partition(uploads, parts, groups) == fast
+    usual = all(
+        type(u) is dict and all(isinstance(u.get(k), str) and u[k].isascii() for k in ("pan", "psn"))
+        for u in uploads
+    )
+    assert (native(uploads, parts, groups) is not None) == usual
+
+
+def test_the_c_partition_refuses_bad_arguments() -> None:
+    native = native_partition()
+    require_service(native is not None, "clearing._record_native was not built")
+    batch = uploads(cards=3, taps=2)
+    with pytest.raises(ValueError, match="buckets must be 1 to 65536, got 0"):
+        native(batch, 0, [])
+    with pytest.raises(ValueError, match="one group index per bucket"):
+        native(batch, 3, [0, 1])
+    with pytest.raises(ValueError, match="group 3 out of 0 to 2"):
+        native(batch, 3, [0, 1, 3])
+    with pytest.raises(TypeError, match="uploads must be a sequence"):
+        native(7, 3, [0, 1, 2])
+    assert native([], 2, [1, 1]) == [[], []]
+    assert native(batch, 1, [0]) == [list(range(len(batch)))]
 
 
 def test_batches_clearing_at_once_share_the_collector_setting_until_the_last_ends() -> None:

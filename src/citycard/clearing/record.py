@@ -501,6 +501,16 @@ def native_parser() -> Any:
     return _native.parse_canonical
 
 
+def native_partition() -> Any:
+    """``partition_positions(uploads, buckets, groups)`` in C — :func:`citycard.clearing.parallel.partition`'s
+    lists of positions by CRC-32 of ``PAN:PSN``, bucket ``b`` going to list ``groups[b]``, or
+    ``None`` for a batch with any record but a dict with PAN and PSN in ASCII text — or ``None``
+    when the extension is not built or ``CITYCARD_NATIVE=0``."""
+    if _native is None or os.environ.get(NATIVE_ENV, "1") == "0":
+        return None
+    return _native.partition_positions
+
+
 def record_key(upload: Mapping[str, Any]) -> str:
     """The best identity of an upload that may be malformed (for the exceptions queue)."""
     if not isinstance(upload, Mapping):
