@@ -35,7 +35,6 @@ from citycard.clearing.batch import (
     digest_of,
     ec_account,
     fare_postings,
-    late_neighbour_keys,
     operator_account,
     postings_for,
     sqlite_stamp,
@@ -131,17 +130,41 @@ def load_known(conn: Connection, uploads: Sequence[Mapping[str, Any]], now: dt.d
 
 
 # Built once per backend (ledger.bulk.per_backend: ``= ANY(array)`` on PostgreSQL, ``IN (…)`` elsewhere).
-_SEEN = bulk.per_backend(lambda member: sa.select(Tap.key).where(member(Tap.__table__.c.key, "values")))
 _CARDS = bulk.per_backend(
     lambda member: sa.select(
         Card.card, Card.issuer, Card.last_atc, Card.last_balance_fen, Card.lost_at, Card.max_atc
     ).where(member(Card.__table__.c.card, "values"))
 )
-_NEIGHBOURS = bulk.per_backend(
-    lambda member: sa.select(Tap.key, Tap.amount_fen, Tap.balance_after_fen).where(
-        member(Tap.__table__.c.key, "values")
-    )
-)
+
+
+def _taps_at_statement(member: bulk.PairMember) -> Any:
+    froms, where = member(Tap.__table__.c.card, Tap.__table__.c.atc, "pairs")
+    return sa.select(Tap.key, Tap.amount_fen, Tap.balance_after_fen).select_from(*froms, Tap).where(where)
+
+
+# Taps by distinct (card, ATC) pairs: the unique (card, atc) index (0014), per backend.
+_TAPS_AT = bulk.pairs_per_backend(_taps_at_statement)
+
+
+def _taps_at(conn: Connection, pairs: Sequence[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """(key, amount, balance after) of the cleared taps at these (card, ATC) pairs, in chunks."""
+    out: list[tuple[str, int, int]] = []
+    for chunk in _chunks(pairs, KEYS_PER_QUERY_MAX):
+        params = bulk.pairs_params(conn, "pairs", chunk)
+        out.extend(
+            (key, amount, after) for key, amount, after in conn.execute(bulk.for_conn(_TAPS_AT, conn), params)
+        )
+    return out
+
+
+def _card_and_atc(key: str) -> tuple[str, int] | None:
+    """A tap key's (card, ATC), or ``None`` for a key no cleared tap can have (its ATC not hex:
+    a malformed upload's ``PAN:PSN:?``)."""
+    card, _, atc_hex = key.rpartition(":")
+    try:
+        return card, int(atc_hex, 16)
+    except ValueError:
+        return None
 
 
 def load_known_for(
@@ -163,13 +186,14 @@ def load_known_for(
             bulk.for_conn(_CARDS, conn), {"values": chunk}
         ).all():
             states[card] = CardState(issuer, last_atc, last_balance, lost_at, max_atc)
-    seen: set[str] = set()
     if taps is None:
         maybe = sorted(key for key in set(keys) if _may_be_cleared(key, states))
+        pairs = [pair for pair in map(_card_and_atc, maybe) if pair is not None]
     else:  # the same, from the taps' own card and ATC
-        maybe = sorted({key for key, card, atc in taps if _may_be_cleared_at(card, atc, states)})
-    for chunk in _chunks(maybe, KEYS_PER_QUERY_MAX):
-        seen.update(conn.execute(bulk.for_conn(_SEEN, conn), {"values": chunk}).scalars())
+        looked_up = {(key, card, atc) for key, card, atc in taps if _may_be_cleared_at(card, atc, states)}
+        maybe = sorted(key for key, _, _ in looked_up)
+        pairs = sorted((card, atc) for _, card, atc in looked_up)
+    seen = {key for key, _, _ in _taps_at(conn, pairs)}
     # A card whose EC ledger account was never opened would fail the whole batch in the ledger
     # (UnknownAccount); leaving it out of Known makes its taps "unknown_card" exceptions instead.
     codes = {ec_account(state.issuer, *card.split(":")): card for card, state in states.items()}
@@ -211,23 +235,18 @@ def _late_neighbours(
 ) -> dict[str, tuple[int, int]]:
     """Tap key → (balance before, balance after) of the cleared taps at ATC ± 1 of every key below
     its card's last cleared ATC (a late tap's neighbours, batch.decide), by key in chunks."""
-    wanted: set[str] = set()
+    wanted: set[tuple[str, int]] = set()
     for key in keys:
-        card, _, atc_hex = key.rpartition(":")
-        state = cards.get(card)
-        if state is None or state.last_atc is None:
+        pair = _card_and_atc(key)
+        state = None if pair is None else cards.get(pair[0])
+        if pair is None or state is None or state.last_atc is None:
             continue
-        try:
-            atc = int(atc_hex, 16)
-        except ValueError:
-            continue
-        if atc < state.last_atc:
-            wanted.update(late_neighbour_keys(card, atc))
-    out: dict[str, tuple[int, int]] = {}
-    for chunk in _chunks(sorted(wanted), KEYS_PER_QUERY_MAX):
-        for key, amount, after in conn.execute(bulk.for_conn(_NEIGHBOURS, conn), {"values": chunk}):
-            out[key] = (int(after) + int(amount), int(after))
-    return out
+        card, atc = pair
+        if atc < state.last_atc:  # its neighbours' keys are late_neighbour_keys(card, atc)
+            wanted.update(((card, atc - 1), (card, atc + 1)))
+    return {
+        key: (int(after) + int(amount), int(after)) for key, amount, after in _taps_at(conn, sorted(wanted))
+    }
 
 
 def refundable_fen(conn: Connection, cards: Sequence[str]) -> dict[tuple[str, str], int]:
@@ -531,7 +550,8 @@ def handle_exception(
                 record = parse_record(json.loads(item.upload))
             except MalformedRecord as exc:
                 raise ClearingError(f"exception {exception_id}: {exc}") from None
-            if conn.execute(sa.select(Tap.key).where(Tap.key == record.key)).first() is not None:
+            cleared = sa.select(Tap.key).where(Tap.card == record.card, Tap.atc == record.atc)
+            if conn.execute(cleared).first() is not None:
                 raise ClearingError(f"tap {record.key} is already cleared")
             card = conn.execute(sa.select(Card).where(Card.card == record.card)).one()
             refunded = action == "refund"

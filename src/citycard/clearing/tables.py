@@ -3,14 +3,16 @@
 * ``clearing_batches`` — one row per uploaded batch, by the uploader's batch id (the idempotency key)
   with the SHA-256 of its records: a replay with the same digest changes nothing, another digest is
   refused.
-* ``clearing_taps`` — every cleared tap once, unique by PAN:PSN:ATC; ``settlement_key`` is set
-  when a settlement took it.
+* ``clearing_taps`` — every cleared tap once, unique by card (PAN:PSN) and ATC — the one index a
+  tap insert must update besides ``settlement_key``'s (0014: it replaced a unique index on the key
+  text PAN:PSN:ATC and an index on the card); ``settlement_key`` is set when a settlement took it.
 * ``clearing_cards`` — per card its issuer, last cleared ATC and EC balance (the chain), loss minute.
 * ``clearing_exceptions`` — records not accepted, with reason, and the operator's audited handling.
 * ``clearing_settlements`` — one row per operator and settlement day: taps, gross, fee, net.
 * ``clearing_corrections`` — correction refunds (missing exit, daily cap) by key, settled like taps.
 
-Migrations: ``0008_clearing.py`` and ``0009_clearing_transit.py`` under ``citycard/db/migrations/versions``
+Migrations: ``0008_clearing.py``, ``0009_clearing_transit.py``, ``0013_clearing_max_atc.py`` and
+``0014_clearing_taps_card_atc.py`` under ``citycard/db/migrations/versions``
 (kept identical; autogenerate test).
 """
 
@@ -46,8 +48,8 @@ class Tap(Base):
     __tablename__ = "clearing_taps"
 
     id = sa.Column(BigIntPK, primary_key=True, autoincrement=True)
-    key = sa.Column(sa.String(KEY_CHARS_MAX), nullable=False, unique=True)
-    card = sa.Column(sa.String(CARD_CHARS_MAX), nullable=False, index=True)
+    key = sa.Column(sa.String(KEY_CHARS_MAX), nullable=False)  # f"{card}:{atc:04X}": unique with them
+    card = sa.Column(sa.String(CARD_CHARS_MAX), nullable=False)
     atc = sa.Column(sa.Integer(), nullable=False)
     batch_id = sa.Column(sa.String(BATCH_ID_CHARS_MAX), nullable=False)
     operator = sa.Column(sa.String(TEXT_CHARS_MAX), nullable=False)
@@ -65,7 +67,11 @@ class Tap(Base):
     transit = sa.Column(sa.Text(), nullable=True)
     exit_refund_fen = sa.Column(sa.BigInteger(), nullable=True)
 
-    __table_args__ = (sa.CheckConstraint("amount_fen >= 0", name="amount"),)
+    # (card, atc) finds a tap (its key is their text) and, by its first column, a card's taps
+    __table_args__ = (
+        sa.UniqueConstraint("card", "atc"),
+        sa.CheckConstraint("amount_fen >= 0", name="amount"),
+    )
 
 
 class Card(Base):

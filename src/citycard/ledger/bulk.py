@@ -25,7 +25,20 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, String, Table, Text, TypeDecorator, any_, bindparam, func, select
+from sqlalchemy import (
+    Connection,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    and_,
+    any_,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
@@ -253,7 +266,8 @@ def _any_of(column: Any, name: str) -> Any:
 
 
 class _JsonArray(TypeDecorator[Any]):
-    """A list bound as one JSON text (strings and integers only: the lookups' keys and ids)."""
+    """A list bound as one JSON text (strings and integers, or lists of them: the lookups' keys,
+    ids and pairs)."""
 
     impl = Text
     cache_ok = True
@@ -262,7 +276,8 @@ class _JsonArray(TypeDecorator[Any]):
         if value is None:
             return None
         values = list(value)
-        if any(type(v) is str and "\x00" in v for v in values):
+        flat = [v for item in values for v in (item if type(item) is list else (item,))]
+        if any(type(v) is str and "\x00" in v for v in flat):
             # SQLite's JSON reader ends a string at NUL: such a value would silently match nothing
             raise ValueError("a lookup value contains NUL (no stored code, key or PAN can)")
         return json.dumps(values)
@@ -281,6 +296,45 @@ def per_backend(build: Callable[[Member], Any]) -> dict[bool, Any]:
     """``build(member)`` for PostgreSQL (``= ANY(array)``) and for SQLite (``IN`` a JSON array's
     values); pick the right one with :func:`for_conn`."""
     return {True: build(_any_of), False: build(_in_json_list)}
+
+
+# A lookup by pairs: (the FROM items it adds, its condition) for two columns and a parameter name.
+PairMember = Callable[[Any, Any, str], tuple[list[Any], Any]]
+
+
+def _pairs_any_of(first: Any, second: Any, name: str) -> tuple[list[Any], Any]:
+    # (a, b) IN the rows of two arrays unnested side by side (one length: PostgreSQL zips them)
+    arrays = [
+        func.unnest(
+            bindparam(f"{name}_{i}", type_=postgresql.ARRAY(Text() if isinstance(c.type, String) else c.type))
+        )
+        for i, c in enumerate((first, second))
+    ]
+    return [], tuple_(first, second).in_(select(*arrays))
+
+
+def _pairs_in_json_list(first: Any, second: Any, name: str) -> tuple[list[Any], Any]:
+    # SQLite: the pairs as one JSON array of [a, b], joined to the table by both columns, so each
+    # pair is one search of the two-column index (EXPLAIN: SCAN the pairs, SEARCH … (a=? AND b=?));
+    # a row value IN (SELECT …) would search by the first column only and filter on the second.
+    pairs = func.json_each(bindparam(name, type_=_JsonArray())).table_valued("value").alias(f"{name}_rows")
+    a, b = (func.json_extract(pairs.c.value, literal_column(f"'$[{i}]'")) for i in (0, 1))
+    return [pairs], and_(first == a, second == b)
+
+
+def pairs_per_backend(build: Callable[[PairMember], Any]) -> dict[bool, Any]:
+    """:func:`per_backend` for a lookup by pairs of two columns, for a two-column index: ``build``
+    gets ``member(a, b, name)`` → (FROM items to add, condition); the pairs are bound as
+    :func:`pairs_params` makes them (two arrays on PostgreSQL, one JSON array of pairs on SQLite).
+    The pairs must be distinct (on SQLite the lookup is a join: a pair twice gives its row twice)."""
+    return {True: build(_pairs_any_of), False: build(_pairs_in_json_list)}
+
+
+def pairs_params(conn: Connection, name: str, pairs: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
+    """The parameters of a :func:`pairs_per_backend` lookup named ``name``, for ``conn``'s backend."""
+    if is_postgresql(conn):
+        return {f"{name}_0": [a for a, _ in pairs], f"{name}_1": [b for _, b in pairs]}
+    return {name: [[a, b] for a, b in pairs]}
 
 
 def for_conn(statements: dict[bool, Any], conn: Connection) -> Any:
