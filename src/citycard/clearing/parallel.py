@@ -175,11 +175,15 @@ def checked_parts(
     keys: Verifier | VerifierSpec,
     workers: int,
     on_digest: Callable[[str], None] | None = None,
+    on_wait: Callable[[Sequence[Sequence[int]]], bool] | None = None,
 ) -> Iterator[list[Checked]]:
     """Per card partition, as soon as it is ready, its records checked (:class:`Checked`, positions
     refer to ``uploads``): in ``workers`` forked processes, or in this one when ``workers`` is 1.
     ``on_digest``, if given, gets ``batch.digest_of(uploads)`` after the last partition (its
-    encoding done by the workers, a slice with each partition; the parent only hashes the parts)."""
+    encoding done by the workers, a slice with each partition; the parent only hashes the parts).
+    ``on_wait``, if given, is called with the partitions (positions, in the order they come) while
+    the next partition is not ready yet, again and again until it returns ``False`` (work the
+    parent does instead of waiting for the workers; with ``workers`` 1 it is never called)."""
     if not 1 <= workers <= WORKERS_MAX:
         raise ValueError(f"workers must be 1…{WORKERS_MAX}, got {workers}")
     wanted = partitions(len(uploads), workers)
@@ -205,8 +209,17 @@ def checked_parts(
         tasks = [(part, bounds[i], bounds[i + 1]) for i, part in enumerate(parts)]
         digest = DigestOfParts()  # hashed as the slices come: no serial tail after the last one
         with context.Pool(workers, initializer=_start, initargs=(keys,)) as pool:
-            for (part, _, _), (rows, digest_text) in zip(tasks, pool.imap(_run, tasks), strict=True):
-                # in task order: the digest slices in order
+            results = pool.imap(_run, tasks)  # in task order: the digest slices in order
+            for part, _, _ in tasks:
+                while on_wait is not None:
+                    try:
+                        rows, digest_text = results.next(timeout=0)
+                        break
+                    except multiprocessing.TimeoutError:
+                        if not on_wait(parts):
+                            on_wait = None
+                else:
+                    rows, digest_text = next(results)
                 digest.add(digest_text)
                 yield from_wire(rows, part)
         if on_digest is not None:

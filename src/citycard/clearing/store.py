@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
@@ -175,22 +175,28 @@ def load_known_for(
     now: dt.datetime,
     accounts: AccountCache | None = None,
     taps: Sequence[tuple[str, str, int]] | None = None,
+    read: Mapping[str, CardState | None] | None = None,
 ) -> Known:
     """:class:`Known` for exact tap keys and cards (``refunding``: the cards with an exit refund).
     ``accounts``: a cache of this transaction (``one_transaction``) that keeps the EC account rows
     read here, so the fare postings after need no second lookup. ``taps``: (key, card, ATC) of
-    each key when the caller has them parsed (then ``keys`` is not read again)."""
-    states: dict[str, CardState] = {}
-    for chunk in _chunks(sorted(cards), KEYS_PER_QUERY_MAX):
-        for card, issuer, last_atc, last_balance, lost_at, max_atc in conn.execute(
-            bulk.for_conn(_CARDS, conn), {"values": chunk}
-        ).all():
-            states[card] = CardState(issuer, last_atc, last_balance, lost_at, max_atc)
+    each key when the caller has them parsed (then ``keys`` is not read again). ``read``: card
+    states read earlier in this transaction (:class:`ReadAhead`; ``None`` for a card not there)."""
+    if read is None:
+        states = read_card_states(conn, cards)
+    else:  # what the read-ahead has (a card it found missing is None), the others read now
+        states = read_card_states(conn, [card for card in cards if card not in read])
+        states.update((card, read[card]) for card in cards if read.get(card) is not None)
     if taps is None:
         maybe = sorted(key for key in set(keys) if _may_be_cleared(key, states))
         pairs = [pair for pair in map(_card_and_atc, maybe) if pair is not None]
-    else:  # the same, from the taps' own card and ATC
-        looked_up = {(key, card, atc) for key, card, atc in taps if _may_be_cleared_at(card, atc, states)}
+    else:  # the same, from the taps' own card and ATC (_may_be_cleared_at, per card once)
+        tops = {card: _top_atc(state) for card, state in states.items()}
+        looked_up = {
+            (key, card, atc)
+            for key, card, atc in taps
+            if (top := tops.get(card, _UNKNOWN)) is _UNKNOWN or (top is not None and atc <= top)
+        }
         maybe = sorted(key for key, _, _ in looked_up)
         pairs = sorted((card, atc) for _, card, atc in looked_up)
     seen = {key for key, _, _ in _taps_at(conn, pairs)}
@@ -209,10 +215,78 @@ def _may_be_cleared_at(card: str, atc: int, states: Mapping[str, CardState]) -> 
     state = states.get(card)
     if state is None:
         return True
+    top = _top_atc(state)
+    return top is not None and atc <= top
+
+
+_UNKNOWN = object()  # a card not in clearing_cards: its taps are looked up
+
+
+def _top_atc(state: CardState) -> int | None:
+    """The highest ATC of the card's taps in clearing_taps (max_atc, or the chain's end if above
+    it), ``None`` while it has none."""
     top = state.max_atc
     if state.last_atc is not None and (top is None or state.last_atc > top):
         top = state.last_atc
-    return top is not None and atc <= top
+    return top
+
+
+def read_card_states(conn: Connection, cards: Iterable[str]) -> dict[str, CardState]:
+    """The clearing_cards rows of these cards (``PAN:PSN``) that exist, in chunks."""
+    states: dict[str, CardState] = {}
+    for chunk in _chunks(sorted(cards), KEYS_PER_QUERY_MAX):
+        for card, issuer, last_atc, last_balance, lost_at, max_atc in conn.execute(
+            bulk.for_conn(_CARDS, conn), {"values": chunk}
+        ).all():
+            states[card] = CardState(issuer, last_atc, last_balance, lost_at, max_atc)
+    return states
+
+
+READ_AHEAD_CARDS_PER_STEP = 256  # cards a read-ahead step reads: one step is ~1–2 ms
+
+
+class ReadAhead:
+    """The card states and EC account rows of a batch's cards, read while the parent would wait for
+    the workers (their first results take tens of ms: fork, cold pages), in steps of
+    :data:`READ_AHEAD_CARDS_PER_STEP` cards, partition by partition (``parts``: positions, in the
+    order the partitions come). :func:`load_known_for` then reads only the cards it lacks (``read``).
+
+    Safe because a card's state changes only when its own partition is written, later in the same
+    transaction, and every card is in one partition; a card is named by its upload's ``pan:psn``
+    texts, which is the parsed record's card whenever the record can be cleared at all."""
+
+    def __init__(
+        self, conn: Connection, uploads: Sequence[Mapping[str, Any]], accounts: AccountCache
+    ) -> None:
+        self.conn, self.uploads, self.accounts = conn, uploads, accounts
+        self.read: dict[str, CardState | None] = {}  # None: looked up, not in clearing_cards
+        self._part, self._offset = 0, 0
+
+    def __call__(self, parts: Sequence[Sequence[int]]) -> bool:
+        """One step; ``False`` when every partition's cards have been read."""
+        wanted: set[str] = set()
+        while len(wanted) < READ_AHEAD_CARDS_PER_STEP and self._part < len(parts):
+            take = READ_AHEAD_CARDS_PER_STEP - len(wanted)  # positions: at most one card each
+            positions = parts[self._part][self._offset : self._offset + take]
+            self._offset += len(positions)
+            if self._offset >= len(parts[self._part]):
+                self._part, self._offset = self._part + 1, 0
+            for position in positions:
+                upload = self.uploads[position]
+                if (
+                    type(upload) is dict
+                    and type(pan := upload.get("pan")) is str
+                    and type(psn := upload.get("psn")) is str
+                ):
+                    wanted.add(f"{pan}:{psn}")
+        wanted.difference_update(self.read)
+        if wanted:
+            states = read_card_states(self.conn, wanted)
+            self.read.update(dict.fromkeys(wanted))
+            self.read.update(states)
+            codes = [ec_account(state.issuer, *card.split(":")) for card, state in states.items()]
+            open_codes(self.conn, codes, self.accounts)  # the rows wait in the cache for load_known_for
+        return self._part < len(parts)
 
 
 def _may_be_cleared(key: str, states: Mapping[str, CardState]) -> bool:
@@ -491,9 +565,10 @@ def intake(
         fare_seq = 0  # fare postings written so far (keys fares:BATCH:N)
         digests: list[str] = []  # a new batch: its digest comes from a worker, after the partitions
         accounts = AccountCache(one_transaction=True)  # the EC rows load_known_for reads, for post_many
+        ahead = ReadAhead(conn, uploads, accounts)
         with parallel.batch_collector():
             for checked in parallel.checked_parts(
-                uploads, keys=keys, workers=workers, on_digest=digests.append
+                uploads, keys=keys, workers=workers, on_digest=digests.append, on_wait=ahead
             ):
                 taps = [c.tap for c in checked if c.tap is not None]
                 known = load_known_for(
@@ -504,6 +579,7 @@ def intake(
                     now,
                     accounts,
                     [(t.key, t.card, t.atc) for t in taps],
+                    ahead.read,
                 )
                 cleared, rejected = decide(checked, uploads, known=known)
                 fare_seq += _write_result(conn, batch_id, cleared, (), known, operators, fare_seq, accounts)
