@@ -149,20 +149,28 @@ def test_tapered_partitions_keep_cards_whole_and_are_small_at_both_ends() -> Non
 def test_the_batch_collector_is_undone_after_the_batch() -> None:
     import gc
 
-    from citycard.clearing.parallel import YOUNG_OBJECTS_PER_COLLECTION, batch_collector
+    from citycard.clearing.parallel import batch_collector
 
-    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    assert gc.isenabled()
     kept = [[i] for i in range(1000)]  # made before: frozen during the batch
     with batch_collector():
-        assert gc.get_threshold() == (YOUNG_OBJECTS_PER_COLLECTION, *before[1:])
+        assert not gc.isenabled()
         assert gc.get_freeze_count() >= frozen + len(kept)
-    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+    assert gc.isenabled() and gc.get_threshold() == threshold and gc.get_freeze_count() == frozen
     try:
         with batch_collector():
             raise RuntimeError("the batch failed")
     except RuntimeError:
         pass
-    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+    gc.disable()  # a process that had it off keeps it off
+    try:
+        with batch_collector():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_the_digest_fed_part_by_part_is_the_digest_of_the_parts() -> None:
@@ -271,13 +279,13 @@ def test_the_c_partition_refuses_bad_arguments() -> None:
 def test_batches_clearing_at_once_share_the_collector_setting_until_the_last_ends() -> None:
     import gc
 
-    from citycard.clearing.parallel import YOUNG_OBJECTS_PER_COLLECTION, batch_collector
+    from citycard.clearing.parallel import batch_collector
 
-    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    frozen = gc.get_freeze_count()
     first, second = batch_collector(), batch_collector()
     first.__enter__()
     second.__enter__()
     first.__exit__(None, None, None)  # the first batch ends while the second still clears
-    assert gc.get_threshold() == (YOUNG_OBJECTS_PER_COLLECTION, *before[1:])
+    assert not gc.isenabled()
     second.__exit__(None, None, None)
-    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+    assert gc.isenabled() and gc.get_freeze_count() == frozen

@@ -43,13 +43,12 @@ WORKERS_MAX = 64
 # path), while the workers run ahead of it; on a busy machine they take what the parent leaves.
 WORKER_NICENESS = 5
 
-# The cyclic collector's youngest generation is collected after this many new container objects
-# (CPython's default: 700) while a batch clears, in the parent and in the workers. A batch makes
-# millions of short-lived tuples that reference counting frees, and few cycles: at 700 the
-# collector ran ~300 times per 50,000 records and took ~1.5 µs of the parent's CPU per record (and
-# as much of the workers'). At most this many objects of cyclic garbage wait a little longer.
-YOUNG_OBJECTS_PER_COLLECTION = 20_000
-
+# The cyclic collector is off while a batch clears, in the parent and in the workers. A batch makes
+# millions of short-lived tuples that reference counting frees, and no cycles (measured: a 50,000-
+# record intake left 0 unreachable objects for gc.collect()); but the partitions the workers send
+# ahead wait in the parent as rows, young objects that every collection walked: at CPython's 700 new
+# objects it ran ~300 times a batch of 50,000 (~1.5 µs of the parent's CPU a record), at 20,000
+# three times, still 13–27 ms in all. A batch is bounded (RECORDS_PER_BATCH_MAX), so is what waits.
 _verifier: HsmVerifier | None = None
 # The uploads, set in the parent just before the pool forks: the workers read them from their
 # copy-on-write memory, so only partition positions travel to them (pickling uploads would cost the
@@ -60,30 +59,27 @@ _uploads: Sequence[Mapping[str, Any]] = ()
 def _start(spec: VerifierSpec) -> None:
     global _verifier
     os.nice(WORKER_NICENESS)
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION, older, oldest)  # a worker lives for one batch
+    gc.disable()  # a worker lives for one batch (see above)
     _verifier = spec.build()
 
 
 _collector_lock = threading.Lock()
 _collector_users = 0  # batches clearing in this process now (threads of a server)
-_collector_threshold: tuple[int, int, int] = (0, 0, 0)  # what the first of them found
+_collector_was_enabled = True  # what the first of them found
 
 
 @contextmanager
 def batch_collector() -> Iterator[None]:
     """The collector while this process clears a batch: the objects there are now (the uploads
     above all) go to its permanent generation — forked workers then do not touch their
-    copy-on-write pages when they collect, and the collections set off by the rows built during
-    the batch do not walk them again and again (that was ~10 µs of the parent's CPU per record) —
-    and the youngest generation is collected every :data:`YOUNG_OBJECTS_PER_COLLECTION` new
-    objects. Both are undone when the last batch clearing in the process ends (batches in several
-    threads at once share one setting)."""
-    global _collector_users, _collector_threshold
+    copy-on-write pages when they collect — and automatic collection is off (see above). Both are
+    undone when the last batch clearing in the process ends (batches in several threads at once
+    share one setting; the collector then runs as before, at its own threshold)."""
+    global _collector_users, _collector_was_enabled
     with _collector_lock:
         if _collector_users == 0:
-            _collector_threshold = gc.get_threshold()
-            gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION, *_collector_threshold[1:])
+            _collector_was_enabled = gc.isenabled()
+            gc.disable()
         _collector_users += 1
         gc.freeze()
     try:
@@ -92,7 +88,8 @@ def batch_collector() -> Iterator[None]:
         with _collector_lock:
             _collector_users -= 1
             if _collector_users == 0:
-                gc.set_threshold(*_collector_threshold)
+                if _collector_was_enabled:
+                    gc.enable()
                 gc.unfreeze()
 
 
