@@ -23,8 +23,8 @@ AT = dt.datetime(2026, 11, 27, 8, 0, tzinfo=dt.UTC)
 def tap(card: int, atc: int, amount_fen: int, operator: str = "bus-1", exit_refund_fen: int = 0) -> Cleared:
     pan = f"62354800{card:08d}"
     return Cleared(
-        f"{pan}:01:{atc:04X}", f"{pan}:01", pan, "01", atc, amount_fen, 10_000, operator, "R1", "V1", "T1",
-        exit_refund_fen, None, "", "", AT,
+        f"{pan}:01:{atc:04X}", f"{pan}:01", atc, amount_fen, 10_000, operator, "R1", "V1", "T1",
+        exit_refund_fen, "", "", None, pan, "01", AT,
     )  # fmt: skip
 
 

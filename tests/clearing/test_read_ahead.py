@@ -172,3 +172,25 @@ def test_card_states_of_nothing_are_nothing(engine) -> None:  # type: ignore[no-
         assert read_card_states(conn, []) == {}
         assert read_card_states(conn, ["6221000000000000:01"]) == {}
     assert CardState("bank")._fields[0] == "issuer"
+
+
+@pytest.mark.parametrize("batch_id", ["o'brien's", "a?1;--'", "批次-1"])
+def test_a_batch_id_in_the_insert_text_is_stored_as_given(engine, spec, batch_id: str) -> None:  # type: ignore[no-untyped-def]
+    """The SQLite insert of worker taps carries the batch id as a string literal (quotes doubled):
+    stored exactly, in every variant of the statement (refunded or not)."""
+    cards = _cards(spec, 4)
+    _enrol(engine, cards)
+    with write_transaction(engine) as conn:
+        report_loss(conn, pan=cards[2].pan, psn=cards[2].psn, lost_at=NOW - dt.timedelta(hours=2))
+    uploads = list(synthetic.taps(cards, 40, start=NOW - dt.timedelta(hours=1)))
+    result = intake(engine, batch_id, uploads, keys=spec, now=NOW, workers=2)
+    assert (result.accepted, result.exceptions) == (40, 0)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(Tap.batch_id, Tap.card, Tap.refunded)).all()
+    assert {row.batch_id for row in rows} == {batch_id}
+    lost = f"{cards[2].pan}:{cards[2].psn}"
+    assert (
+        sorted((row.card == lost, row.refunded) for row in rows)
+        == [(False, False)] * 30 + [(True, True)] * 10
+    )
+    assert intake(engine, batch_id, uploads, keys=spec, now=NOW, workers=2).replayed

@@ -264,10 +264,10 @@ class Cleared(NamedTuple):
     """An accepted tap reduced to what the ledger and ``clearing_taps`` need: a plain tuple, so a
     worker process hands it back several times cheaper than the full record (pickling)."""
 
+    # first the values of a clearing_taps row, in the order store's SQLite insert takes them by
+    # number (a row is a slice of this tuple: no per-row rebuilding in the writing parent)
     key: str
     card: str
-    pan: str
-    psn: str
     atc: int
     amount_fen: int
     balance_after_fen: int
@@ -276,19 +276,21 @@ class Cleared(NamedTuple):
     vehicle: str
     terminal_id: str
     exit_refund_fen: int  # 0: none
-    transit: str | None  # canonical JSON (clearing.transit.Transit.json)
     # the tap row's texts, made where the record is parsed (a worker), not in the writing parent:
     tap_at_text: str  # tap_at as SQLite stores it (sqlite_stamp)
     day: str  # the Asia/Shanghai day of tap_at (settlement day)
+    transit: str | None  # canonical JSON (clearing.transit.Transit.json)
+    pan: str
+    psn: str
     # last: a worker's row is all the fields before it (checked_wire), this one put back after
     tap_at: dt.datetime
 
     @classmethod
     def of(cls, r: ClearingRecord) -> Cleared:
         transit, at = r.transit, r.tap_at
-        return cls(r.key, r.card, r.pan, r.psn, r.atc, r.amount_fen, r.balance_after_fen, r.operator, r.route,
-                   r.vehicle, r.terminal_id, 0 if transit is None else transit.refund_fen,
-                   None if transit is None else transit.json(), sqlite_stamp(at), china_day(at), at)  # fmt: skip
+        return cls(r.key, r.card, r.atc, r.amount_fen, r.balance_after_fen, r.operator, r.route, r.vehicle,
+                   r.terminal_id, 0 if transit is None else transit.refund_fen, sqlite_stamp(at), china_day(at),
+                   None if transit is None else transit.json(), r.pan, r.psn, at)  # fmt: skip
 
 
 _ZERO = dt.timedelta(0)
@@ -509,9 +511,9 @@ def checked_wire(records: Sequence[Mapping[str, Any]], *, keys: Verifier) -> lis
         upload = records[position]
         at_text, day = tap_texts(upload.get("tap_at") if type(upload) is dict else None, at)
         wire = (
-            key, f"{pan}:{psn}", pan, psn, atc, f[3], f[5], f[10], f[11], f[12], f[9],
-            0 if transit is None else transit.refund_fen, None if transit is None else transit.json(),
-            at_text, day,
+            key, f"{pan}:{psn}", atc, f[3], f[5], f[10], f[11], f[12], f[9],
+            0 if transit is None else transit.refund_fen, at_text, day,
+            None if transit is None else transit.json(), pan, psn,
         )  # fmt: skip
         rows.append((position, key, wire, None if why is None else ("forged", why)))
     rows.sort(key=_first)

@@ -12,6 +12,7 @@ unwrapped IMKs are cached per worker. The workers never touch the database; only
 from __future__ import annotations
 
 import gc
+import itertools
 import multiprocessing
 import os
 import threading
@@ -201,8 +202,9 @@ def checked_parts(
     context = multiprocessing.get_context("fork")  # the parent's imports and tables come for free
     _uploads = uploads
     try:
-        count = len(uploads)
-        bounds = [count * i // len(parts) for i in range(len(parts) + 1)]
+        # each task's digest slice as long as its partition: the small first ones come back sooner
+        bounds = list(itertools.accumulate((len(part) for part in parts), initial=0))
+        assert bounds[-1] == len(uploads), "the partitions hold every record once"
         tasks = [(part, bounds[i], bounds[i + 1]) for i, part in enumerate(parts)]
         digest = DigestOfParts()  # hashed as the slices come: no serial tail after the last one
         with context.Pool(workers, initializer=_start, initargs=(keys,)) as pool:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -384,29 +385,33 @@ _SQLITE_CHAIN = (
     "WHERE card = ?"
 )
 _PG_MAX_ATC = "max_atc = GREATEST(clearing_cards.max_atc, v.last_atc)"  # GREATEST skips a NULL
-# The same insert taking a Cleared's fields but tap_at, then the batch id and the loss refund flag,
-# by number: ?1 key, ?2 card, ?5 atc, ?6 amount, ?7 balance after, ?8 operator, ?9 route, ?10 vehicle,
-# ?11 terminal, ?12 exit refund (0: none, stored NULL), ?13 transit, ?14 tap_at text, ?15 day,
-# ?16 batch, ?17 refunded (?3, ?4: PAN and PSN, not stored).
-_CLEARED_BOUND = 15  # Cleared's fields before tap_at
-_TRANSIT = 12  # Cleared's transit: a tap without one leaves it out (below)
-_SQLITE_CLEARED_TAP = (
-    "INSERT INTO clearing_taps (key, card, atc, batch_id, operator, route, vehicle, terminal_id, tap_at, day, "
-    "amount_fen, balance_after_fen, refunded, exit_refund_fen, transit) "
-    "VALUES (?1, ?2, ?5, ?16, ?8, ?9, ?10, ?11, ?14, ?15, ?6, ?7, ?17, NULLIF(?12, 0), ?13)"
-)
-# The usual tap has no transit object: its fields go without it (?13 tap_at text … ?16 refunded), as
-# Python's sqlite3 binds a None (or a bool) only after looking for an adapter and failing — ~3,000
-# instructions a parameter, more than all the others of the row together.
-_SQLITE_CLEARED_TAP_PLAIN = (
-    "INSERT INTO clearing_taps (key, card, atc, batch_id, operator, route, vehicle, terminal_id, tap_at, day, "
-    "amount_fen, balance_after_fen, refunded, exit_refund_fen, transit) "
-    "VALUES (?1, ?2, ?5, ?15, ?8, ?9, ?10, ?11, ?13, ?14, ?6, ?7, ?16, NULLIF(?12, 0), NULL)"
-)
-assert Cleared._fields[:_CLEARED_BOUND] == (
-    "key", "card", "pan", "psn", "atc", "amount_fen", "balance_after_fen", "operator", "route", "vehicle",
-    "terminal_id", "exit_refund_fen", "transit", "tap_at_text", "day",
-), "_SQLITE_CLEARED_TAP numbers Cleared's fields"  # fmt: skip
+# The insert of a worker's tap (a Cleared with its texts): the row is a slice of the Cleared —
+# ?1 key, ?2 card, ?3 atc, ?4 amount, ?5 balance after, ?6 operator, ?7 route, ?8 vehicle,
+# ?9 terminal, ?10 exit refund (0: none, stored NULL), ?11 tap_at text, ?12 day, ?13 transit —
+# and the batch id and the loss-refund flag, the same for many rows, are in the statement's text:
+# per row nothing is rebuilt and no value is bound twice. The usual tap has no transit object: its
+# row stops before it (Python's sqlite3 binds a None only after looking for an adapter and failing,
+# ~3,000 instructions a parameter).
+_CLEARED_PLAIN = Cleared._fields.index("transit")  # a slice this long: the values but transit
+assert Cleared._fields[: _CLEARED_PLAIN + 1] == (
+    "key", "card", "atc", "amount_fen", "balance_after_fen", "operator", "route", "vehicle", "terminal_id",
+    "exit_refund_fen", "tap_at_text", "day", "transit",
+), "_sqlite_cleared_tap numbers Cleared's fields"  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_cleared_tap(batch_id: str, refunded: bool, transit: bool) -> str:
+    """The insert of worker taps of ``batch_id`` (a SQL string literal: quotes doubled; a batch id
+    is printable text, no NUL), loss-refunded or not, with or without their transit object."""
+    batch = "'" + batch_id.replace("'", "''") + "'"
+    return (
+        "INSERT INTO clearing_taps (key, card, atc, batch_id, operator, route, vehicle, terminal_id, tap_at, "
+        "day, amount_fen, balance_after_fen, refunded, exit_refund_fen, transit) "
+        f"VALUES (?1, ?2, ?3, {batch}, ?6, ?7, ?8, ?9, ?11, ?12, ?4, ?5, {int(refunded)}, NULLIF(?10, 0), "
+        f"{'?13' if transit else 'NULL'})"
+    )
+
+
 _TAP_COLUMNS = (
     "key", "card", "atc", "batch_id", "operator", "route", "vehicle", "terminal_id", "tap_at", "day",
     "amount_fen", "balance_after_fen", "refunded", "exit_refund_fen", "transit",
@@ -483,21 +488,19 @@ def _write_result(
             )
     else:
         texts = [(t, r) for t, r in cleared if type(t) is Cleared and t.tap_at_text]
-        if texts:  # a worker's Cleared carries its texts: its fields straight, in slices
-            # the flag as 0/1 (what SQLAlchemy stores for a Boolean on SQLite): an int binds at once
-            ends = ((batch_id, 0), (batch_id, 1))
-            plain = [
-                t[:_TRANSIT] + t[_TRANSIT + 1 : _CLEARED_BOUND] + ends[r]
-                for t, r in texts
-                if t.transit is None
-            ]
+        if texts:  # a worker's Cleared carries its texts: its fields straight, as slices
+            plain = [t[:_CLEARED_PLAIN] for t, r in texts if t.transit is None and not r]
             if plain:
-                conn.exec_driver_sql(_SQLITE_CLEARED_TAP_PLAIN, plain)
-            if len(plain) < len(texts):
-                conn.exec_driver_sql(
-                    _SQLITE_CLEARED_TAP,
-                    [t[:_CLEARED_BOUND] + ends[r] for t, r in texts if t.transit is not None],
-                )
+                conn.exec_driver_sql(_sqlite_cleared_tap(batch_id, False, False), plain)
+            if len(plain) < len(texts):  # loss refunds (refunded = 1, as SQLAlchemy stores True), transits
+                for refunded, transit in ((False, True), (True, False), (True, True)):
+                    rows = [
+                        t[: _CLEARED_PLAIN + transit]
+                        for t, r in texts
+                        if r == refunded and (t.transit is not None) == transit
+                    ]
+                    if rows:
+                        conn.exec_driver_sql(_sqlite_cleared_tap(batch_id, refunded, transit), rows)
         if len(texts) < len(cleared):
             others = [(t, r) for t, r in cleared if not (type(t) is Cleared and t.tap_at_text)]
             conn.exec_driver_sql(_SQLITE_TAP, [_tap_tuple(t, batch_id, r, sqlite_stamp) for t, r in others])
