@@ -594,7 +594,9 @@ def decide(
         exceptions.append(ClearingException(key, reason, detail, uploads[position], position))
 
     in_batch: set[str] = set()
-    per_card: dict[str, list[tuple[ClearingRecord | Cleared, int]]] = defaultdict(list)
+    # per card (ATC, position, record): sorted as plain tuples (a card's ATCs in a batch are distinct:
+    # a repeated one is a duplicate key, rejected above), no key function called per tap
+    per_card: dict[str, list[tuple[int, int, ClearingRecord | Cleared]]] = defaultdict(list)
     cards, seen, now = known.cards, known.seen, known.now
     oldest, newest = now - LATE_AFTER, now + FUTURE_SLACK  # now − tap_at > LATE_AFTER ⇔ tap_at < oldest
     for position, key, record, problem in checked:
@@ -625,17 +627,16 @@ def decide(
         if problem is not None:
             reject(position, key, *problem)
             continue
-        per_card[card].append((record, position))
+        per_card[card].append((record.atc, position, record))
 
     for card, taps in per_card.items():
         state = cards[card]
         last_atc, last_balance = state.last_atc, state.last_balance_fen
         refundable: dict[str, int] = {}  # operator → fen still refundable to this card
         if len(taps) > 1:
-            taps.sort(key=lambda pair: pair[0].atc)
+            taps.sort()
         late: dict[int, tuple[int, int]] = {}  # ATC → (before, after) of late taps accepted here
-        for record, position in taps:
-            atc = record.atc
+        for atc, position, record in taps:
             before = record.balance_after_fen + record.amount_fen
             is_late = state.last_atc is not None and atc < state.last_atc
             if is_late:
