@@ -3,7 +3,8 @@
 Setup (not timed; nor are the process's one-time costs, :func:`_warm_up`): a file-backed SoftHSM with IMK-AC/IMK-MAC in both suites, synthetic cards
 (``clearing.synthetic``: real card keys from the HSM, real TCs and IAD balance MACs; half INTL,
 half GM), a migrated SQLite database (or ``--db URL``) with every card's EC account funded, and
-the uploads. Timed: one :func:`citycard.clearing.store.intake` of all records — parse and field-55
+the uploads. Timed: one :func:`citycard.clearing.store.intake` of all records (or, with
+``--batch-size B``, one intake per B consecutive records, one after another) — parse and field-55
 checks, TC and IAD-MAC verification in the HSM, duplicate and balance-chain checks, the ledger
 postings (``post_many``), taps, chains — and its commit. ``--workers W`` runs the pure function in
 W processes (the parent reads state, decides and writes in bulk). Prints {"records", "records_per_s",
@@ -101,34 +102,52 @@ def clearing_command(
         str | None, typer.Option("--db", help="Database URL (default: a temporary SQLite file).")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print only the JSON result.")] = False,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            help="Records per uploaded batch: the records go as consecutive batches, cleared one "
+            "after another into the same database (default: all in one batch).",
+        ),
+    ] = None,
 ) -> None:
-    """Clear N synthetic offline TCs (both suites) in one intake and print records per second."""
-    from citycard.clearing.store import intake
+    """Clear N synthetic offline TCs (both suites) in one intake (or in batches of --batch-size,
+    one after another) and print records per second."""
+    from citycard.clearing.store import RECORDS_PER_BATCH_MAX, intake
 
     if not 1 <= records <= RECORDS_MAX:
         fail(f"--records must be 1…{RECORDS_MAX}, got {records}")
     if not 1 <= workers <= 64:
         fail(f"--workers must be 1…64, got {workers}")
+    size = records if batch_size is None else batch_size
+    if not 1 <= size <= RECORDS_PER_BATCH_MAX:
+        fail(f"--batch-size must be 1…{RECORDS_PER_BATCH_MAX}, got {size}")
     with tempfile.TemporaryDirectory(prefix="citycard-bench-clearing-") as name:
         if not json_output:
             print(f"preparing {records:,} records …")
         engine, spec, uploads = _prepare(Path(name), records, db)
+        # consecutive slices: each card's taps stay in ATC order from one batch to the next
+        batches = [uploads[start : start + size] for start in range(0, records, size)]
+        accepted = exceptions = 0
         try:
             cpu, children = time.process_time(), _children_cpu()
             started = time.perf_counter()
-            result = intake(engine, "bench-1", uploads, keys=spec, workers=workers)
+            for number, batch in enumerate(batches, start=1):
+                result = intake(engine, f"bench-{number}", batch, keys=spec, workers=workers)
+                accepted, exceptions = accepted + result.accepted, exceptions + result.exceptions
             seconds = time.perf_counter() - started
             cpu, children = time.process_time() - cpu, _children_cpu() - children
         finally:
             engine.dispose()
-    if result.accepted != records:
-        fail(f"only {result.accepted} of {records} records cleared ({result.exceptions} exceptions)")
+    if accepted != records:
+        fail(f"only {accepted} of {records} records cleared ({exceptions} exceptions)")
     figures = {
         "records": records,
         "records_per_s": round(records / seconds),
         "workers": workers,
         "seconds": round(seconds, 3),
-        "accepted": result.accepted,
+        "accepted": accepted,
+        "batches": len(batches),
         "db": engine.dialect.name,
         # CPU per record: the parent (reads, decides, writes; with --workers 1 also parses and
         # verifies) and the worker processes (parse, TC and IAD MAC); the database server's own
