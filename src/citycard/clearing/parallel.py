@@ -113,7 +113,7 @@ def partition(
     the list each bucket goes to (default: its own) — several buckets may share one."""
     groups = range(parts) if groups is None else groups
     native = native_partition()
-    if native is not None:  # the usual batch in C (the parent's serial head: ~0.5 µs a record here)
+    if native is not None:  # the usual batch in C: the serial head before any worker (~0.2 µs a record)
         lists = native(uploads, parts, groups)
         if lists is not None:
             return lists
