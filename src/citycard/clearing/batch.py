@@ -374,7 +374,16 @@ def fare_postings(
     :data:`FARE_CARDS_PER_POSTING_MAX` card EC accounts debited with their fares to it and the
     operator credited with the sum — ``fares:BATCH:N``, N counting from ``first``. The taps behind
     a posting are the batch's rows in ``clearing_taps``; refunds stay one posting per tap
-    (:func:`transfers_for` with ``fares=False``)."""
+    (:func:`transfers_for` with ``fares=False``). It is :func:`fare_requests` of
+    :func:`fare_debits` (a worker may compute the debits, the writer numbers the postings)."""
+    return fare_requests(fare_debits(cleared, cards), batch_id=batch_id, first=first)
+
+
+def fare_debits(
+    cleared: Sequence[tuple[Cleared, bool]], cards: Mapping[str, CardState]
+) -> dict[str, list[tuple[str, int]]]:
+    """Per operator (sorted), the card EC accounts (sorted) and the fen their accepted taps owe it;
+    cards whose taps were all free are left out."""
     fen_by_card: dict[tuple[str, str], int] = {}  # (operator, card) → fen: the names per card, below
     cardholders: dict[str, tuple[str, str]] = {}  # card → (PAN, PSN)
     for tap, _ in cleared:
@@ -391,9 +400,16 @@ def fare_postings(
         account = ec_account(cards[card].issuer, *cardholders[card])
         debits = per_operator.setdefault(operator, {})
         debits[account] = debits.get(account, 0) + fen
+    return {operator: sorted(per_operator[operator].items()) for operator in sorted(per_operator)}
+
+
+def fare_requests(
+    debits_by_operator: Mapping[str, Sequence[tuple[str, int]]], *, batch_id: str, first: int
+) -> list[PostingRequest]:
+    """:func:`fare_debits` as grouped postings ``fares:BATCH:N`` (N from ``first``), in operator
+    order, up to :data:`FARE_CARDS_PER_POSTING_MAX` accounts a posting."""
     out = []
-    for operator in sorted(per_operator):
-        debits = sorted(per_operator[operator].items())
+    for operator, debits in debits_by_operator.items():
         credit = operator_account(operator)
         for start in range(0, len(debits), FARE_CARDS_PER_POSTING_MAX):
             group = debits[start : start + FARE_CARDS_PER_POSTING_MAX]
@@ -411,6 +427,21 @@ def fare_postings(
                 )
             )
     return out
+
+
+def chain_ends(
+    cleared: Sequence[tuple[Cleared | ClearingRecord, bool]], cards: Mapping[str, CardState]
+) -> list[tuple[int, int, str]]:
+    """(ATC, balance after, card) of each card's new chain end, by card: its highest accepted ATC
+    not below its last cleared one (a late tap, :func:`decide`, leaves the end where it is)."""
+    last: dict[str, tuple[int, int]] = {}
+    for tap, _ in cleared:
+        end, state = last.get(tap.card), cards[tap.card]
+        if state.last_atc is not None and tap.atc < state.last_atc:
+            continue
+        if end is None or tap.atc > end[0]:
+            last[tap.card] = (tap.atc, tap.balance_after_fen)
+    return [(atc, balance, card) for card, (atc, balance) in sorted(last.items())]
 
 
 def batch_postings(

@@ -55,6 +55,9 @@ _verifier: HsmVerifier | None = None
 # copy-on-write memory, so only partition positions travel to them (pickling uploads would cost the
 # single-threaded parent more than the workers save).
 _uploads: Sequence[Mapping[str, Any]] = ()
+# What a worker does with a partition's Checked after the checks (checked_parts' ``then``), set
+# like _uploads before the fork: its result travels back instead of the rows.
+_then: Callable[[list[Checked]], Any] | None = None
 
 
 def _start(spec: VerifierSpec) -> None:
@@ -94,15 +97,19 @@ def batch_collector() -> Iterator[None]:
                 gc.unfreeze()
 
 
-def _run(task: tuple[list[int], int, int]) -> tuple[list[tuple[Any, ...]], bytes]:
+def _run(task: tuple[list[int], int, int]) -> tuple[Any, bytes]:
     """One partition in a worker (:func:`~citycard.clearing.batch.checked_wire`'s plain rows,
-    positions within the partition), and the digest part (batch.digest_part) of the uploads
-    ``start:stop`` — the batch digest's encoding shared by the workers, one slice per task, so it
-    is no serial tail for one worker at the end."""
+    positions within the partition; or, with ``then``, what it makes of the partition's
+    :class:`Checked`), and the digest part (batch.digest_part) of the uploads ``start:stop`` — the
+    batch digest's encoding shared by the workers, one slice per task, so it is no serial tail for
+    one worker at the end."""
     assert _verifier is not None, "worker started without its verifier"
     part, start, stop = task
     rows = checked_wire([_uploads[i] for i in part], keys=_verifier)
-    return rows, digest_part(_uploads[start:stop])
+    digest = digest_part(_uploads[start:stop])
+    if _then is not None:
+        return _then(from_wire(rows, part)), digest
+    return rows, digest
 
 
 def partition(
@@ -174,14 +181,18 @@ def checked_parts(
     workers: int,
     on_digest: Callable[[str], None] | None = None,
     on_wait: Callable[[Sequence[Sequence[int]]], bool] | None = None,
-) -> Iterator[list[Checked]]:
+    then: Callable[[list[Checked]], Any] | None = None,
+) -> Iterator[Any]:
     """Per card partition, as soon as it is ready, its records checked (:class:`Checked`, positions
     refer to ``uploads``): in ``workers`` forked processes, or in this one when ``workers`` is 1.
     ``on_digest``, if given, gets ``batch.digest_of(uploads)`` after the last partition (its
     encoding done by the workers, a slice with each partition; the parent only hashes the parts).
     ``on_wait``, if given, is called with the partitions (positions, in the order they come) while
     the next partition is not ready yet, again and again until it returns ``False`` (work the
-    parent does instead of waiting for the workers; with ``workers`` 1 it is never called)."""
+    parent does instead of waiting for the workers; with ``workers`` 1 it is never called).
+    ``then``, if given, runs on each partition's :class:`Checked` list where the checks ran (in
+    the worker, which inherits it from the fork: it need not pickle) and its result is yielded
+    instead of the list."""
     if not 1 <= workers <= WORKERS_MAX:
         raise ValueError(f"workers must be 1…{WORKERS_MAX}, got {workers}")
     wanted = partitions(len(uploads), workers)
@@ -189,18 +200,19 @@ def checked_parts(
     if workers == 1:
         verifier = keys.build() if isinstance(keys, VerifierSpec) else keys
         for part in parts:
-            yield from_wire(checked_wire([uploads[i] for i in part], keys=verifier), part)
+            checked = from_wire(checked_wire([uploads[i] for i in part], keys=verifier), part)
+            yield checked if then is None else then(checked)
         if on_digest is not None:
             on_digest(digest_of(uploads))
         return
     if not isinstance(keys, VerifierSpec):
         raise ValueError("workers > 1 need a VerifierSpec (each worker opens the HSM itself)")
-    global _uploads
+    global _uploads, _then
     # Opened here, the forked workers find libcrypto loaded and checked; each would otherwise open
     # and check it again before its first partition.
     libcrypto.load()
     context = multiprocessing.get_context("fork")  # the parent's imports and tables come for free
-    _uploads = uploads
+    _uploads, _then = uploads, then
     try:
         # each task's digest slice as long as its partition: the small first ones come back sooner
         bounds = list(itertools.accumulate((len(part) for part in parts), initial=0))
@@ -220,11 +232,11 @@ def checked_parts(
                 else:
                     rows, digest_text = next(results)
                 digest.add(digest_text)
-                yield from_wire(rows, part)
+                yield rows if then is not None else from_wire(rows, part)
         if on_digest is not None:
             on_digest(digest.hexdigest())
     finally:
-        _uploads = ()
+        _uploads, _then = (), None
 
 
 def clear_parallel(
