@@ -528,11 +528,14 @@ def _reasons(parsed: Sequence[tuple[int, Any]], keys: Verifier) -> list[str | No
     return many(records_) if many is not None else [keys.forged(r) for r in records_]
 
 
-def checked_wire(records: Sequence[Mapping[str, Any]], *, keys: Verifier) -> list[tuple[Any, ...]]:
+def checked_wire(
+    records: Sequence[Mapping[str, Any]], *, keys: Verifier, timed: bool = False
+) -> list[tuple[Any, ...]]:
     """:func:`check_records` (``compact``) as plain rows for a worker process to send back:
     ``(position, key, tap, problem)`` with ``tap`` the :class:`Cleared` fields but ``tap_at`` (the
     time travels as its ``tap_at_text``; pickling a datetime costs more than all the rest of a
-    row), in position order. :func:`from_wire` makes them :class:`Checked` again."""
+    row), in position order. :func:`from_wire` makes them :class:`Checked` again. ``timed``: the
+    parsed time appended, ``tap`` then all of the Cleared fields (rows that stay in the process)."""
     parsed, out = _parsed(records)
     reasons = _reasons(parsed, keys)
     rows: list[tuple[Any, ...]] = [tuple(c) for c in out]
@@ -546,9 +549,24 @@ def checked_wire(records: Sequence[Mapping[str, Any]], *, keys: Verifier) -> lis
             0 if transit is None else transit.refund_fen, at_text, day,
             None if transit is None else transit.json(), pan, psn,
         )  # fmt: skip
+        if timed:
+            wire = (*wire, at)
         rows.append((position, key, wire, None if why is None else ("forged", why)))
     rows.sort(key=_first)
     return rows
+
+
+def checked_taps(
+    records: Sequence[Mapping[str, Any]], *, keys: Verifier, positions: Sequence[int]
+) -> list[Checked]:
+    """:func:`checked_wire` then :func:`from_wire` where both run in one process (a worker that
+    decides too): the parsed time kept, not read back from its text. ``positions``: each record's
+    position in the batch."""
+    new = _new_tuple
+    return [
+        new(Checked, (positions[position], key, None if tap is None else new(Cleared, tap), problem))
+        for position, key, tap, problem in checked_wire(records, keys=keys, timed=True)
+    ]
 
 
 def _first(row: tuple[Any, ...]) -> Any:

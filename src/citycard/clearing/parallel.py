@@ -27,6 +27,7 @@ from citycard.clearing.batch import (
     DigestOfParts,
     Known,
     batch_postings,
+    checked_taps,
     checked_wire,
     decide,
     digest_of,
@@ -105,11 +106,11 @@ def _run(task: tuple[list[int], int, int]) -> tuple[Any, bytes]:
     one worker at the end."""
     assert _verifier is not None, "worker started without its verifier"
     part, start, stop = task
-    rows = checked_wire([_uploads[i] for i in part], keys=_verifier)
+    records = [_uploads[i] for i in part]
     digest = digest_part(_uploads[start:stop])
     if _then is not None:
-        return _then(from_wire(rows, part)), digest
-    return rows, digest
+        return _then(checked_taps(records, keys=_verifier, positions=part)), digest
+    return checked_wire(records, keys=_verifier), digest
 
 
 def partition(

@@ -492,20 +492,30 @@ def _sqlite_tap_groups(
     cleared: Sequence[tuple[Any, bool]], batch_id: str
 ) -> list[tuple[tuple[bool, bool] | None, list[tuple[Any, ...]]]]:
     groups: list[tuple[tuple[bool, bool] | None, list[tuple[Any, ...]]]] = []
+    # the usual tap, a worker's Cleared (it carries its texts) with no transit, not refunded: its
+    # fields straight, as a slice, in one pass
+    plain = [
+        t[:_CLEARED_PLAIN]
+        for t, r in cleared
+        if not r and type(t) is Cleared and t.transit is None and t.tap_at_text
+    ]
+    if plain:
+        groups.append(((False, False), plain))
+    if len(plain) == len(cleared):
+        return groups
     texts = [(t, r) for t, r in cleared if type(t) is Cleared and t.tap_at_text]
-    if texts:  # a worker's Cleared carries its texts: its fields straight, as slices
-        plain = [t[:_CLEARED_PLAIN] for t, r in texts if t.transit is None and not r]
-        if plain:
-            groups.append(((False, False), plain))
-        if len(plain) < len(texts):  # loss refunds (refunded = 1, as SQLAlchemy stores True), transits
-            for refunded, transit in ((False, True), (True, False), (True, True)):
-                rows = [
-                    t[: _CLEARED_PLAIN + transit]
-                    for t, r in texts
-                    if r == refunded and (t.transit is not None) == transit
-                ]
-                if rows:
-                    groups.append(((refunded, transit), rows))
+    for refunded, transit in (
+        (False, True),
+        (True, False),
+        (True, True),
+    ):  # refunded = 1 as SQLAlchemy stores True
+        rows = [
+            t[: _CLEARED_PLAIN + transit]
+            for t, r in texts
+            if r == refunded and (t.transit is not None) == transit
+        ]
+        if rows:
+            groups.append(((refunded, transit), rows))
     if len(texts) < len(cleared):
         others = [(t, r) for t, r in cleared if not (type(t) is Cleared and t.tap_at_text)]
         groups.append((None, [_tap_tuple(t, batch_id, r, sqlite_stamp) for t, r in others]))

@@ -1,0 +1,129 @@
+"""The workers' half of an intake on a SQLite file (clearing.store.PartitionPlanner): each worker
+reads its partitions' state on a read-only connection of its own and decides, the parent only
+writes. Its plan equals the one the parent makes from the same state; checked_taps equals the
+wire round trip; an error in a worker leaves nothing written; and the path is taken only where
+another process can open the database."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from citycard.clearing import store, synthetic
+from citycard.clearing.batch import checked_taps, checked_wire, from_wire
+from citycard.clearing.parallel import partition
+from citycard.clearing.store import (
+    PartitionPlanner,
+    decide_partition,
+    intake,
+    report_loss,
+    write_plan,
+)
+from citycard.clearing.tables import Batch, ExceptionItem, Tap
+from citycard.db import write_transaction
+from citycard.ledger import AccountCache
+
+from .test_read_ahead import _cards, _enrol, _outcome
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _batches(spec, count: int = 16):  # type: ignore[no-untyped-def]
+    cards = _cards(spec, count)
+    first = list(synthetic.taps(cards, count * 10, start=NOW - dt.timedelta(hours=2)))
+    second = list(synthetic.taps(cards, count * 10, start=NOW - dt.timedelta(hours=1)))
+    second += first[:3]  # cleared before: duplicates
+    second.append({**second[0], "pan": "not a pan"})  # malformed
+    return cards, first, second
+
+
+def test_checked_taps_equal_the_wire_round_trip(spec, verifier) -> None:  # type: ignore[no-untyped-def]
+    cards = _cards(spec, 4)
+    records = list(synthetic.taps(cards, 20, start=NOW - dt.timedelta(hours=1)))
+    field55 = records[3]["field55"]  # 9F26 08 TC first: a TC of zeros is forged
+    assert field55.startswith("9F2608")
+    records[3] = {**records[3], "field55": field55[:6] + "00" * 8 + field55[22:]}
+    records[5] = {**records[5], "pan": "not a pan"}  # malformed
+    positions = [100 + 2 * i for i in range(len(records))]
+    direct = checked_taps(records, keys=verifier, positions=positions)
+    assert direct == from_wire(checked_wire(records, keys=verifier), positions)
+    assert [c.position for c in direct] == positions
+    assert [c.problem[0] if c.problem else None for c in direct].count("forged") == 1
+    assert direct[5].tap is None and direct[5].problem is not None and direct[5].problem[0] == "malformed"
+    assert all(c.tap.tap_at.tzinfo is dt.UTC for c in direct if c.tap is not None)
+
+
+def test_the_planner_plans_what_the_parent_would(engine, spec, verifier) -> None:  # type: ignore[no-untyped-def]
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the planner path is SQLite's (PostgreSQL: the parent reads)")
+    cards, first, second = _batches(spec)
+    _enrol(engine, cards[:14], without_account=3)  # 14, 15 not registered
+    assert intake(engine, "first", first, keys=spec, now=NOW, workers=1).accepted == 130
+    with write_transaction(engine) as conn:
+        report_loss(conn, pan=cards[1].pan, psn=cards[1].psn, lost_at=NOW - dt.timedelta(hours=1))
+    planner = PartitionPlanner(engine, second, NOW, "second")
+    for part in partition(second, 3):
+        checked = checked_taps([second[i] for i in part], keys=verifier, positions=part)
+        with write_transaction(engine) as conn:  # the parent's view of the same state
+            known, cleared, rejected = decide_partition(conn, checked, second, NOW, AccountCache())
+            expected = write_plan(cleared, rejected, known.cards, "second", postgresql=False)
+        planned = planner(checked)
+        assert planned._replace(accounts={}) == expected
+        # the EC rows it read, for the writer's cache: every card with a fare in the plan
+        assert {account for debits in planned.fares.values() for account, _ in debits} <= set(
+            planned.accounts
+        )
+
+
+def test_a_worker_that_fails_leaves_nothing(engine, spec, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the planner path is SQLite's (PostgreSQL: the parent reads)")
+    cards, first, _ = _batches(spec, 8)
+    _enrol(engine, cards)
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(store, "decide_partition", broken)  # the forked workers inherit it
+    with pytest.raises(RuntimeError, match="disk gone"):
+        intake(engine, "first", first, keys=spec, now=NOW, workers=2)
+    with engine.connect() as conn:
+        for table in (Tap, Batch, ExceptionItem):
+            assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 0
+    monkeypatch.undo()
+    assert intake(engine, "first", first, keys=spec, now=NOW, workers=2).accepted == 80
+
+
+def test_workers_on_a_file_clear_as_one_process(engine, spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests import dbtools
+
+    cards, first, second = _batches(spec)
+    reference = dbtools.migrated_engine(f"sqlite:///{tmp_path / 'reference.db'}")
+    try:
+        for db, workers in ((reference, 1), (engine, 3)):
+            _enrol(db, cards[:14], without_account=3)
+            assert intake(db, "first", first, keys=spec, now=NOW, workers=workers).accepted == 130
+            with write_transaction(db) as conn:
+                report_loss(conn, pan=cards[1].pan, psn=cards[1].psn, lost_at=NOW - dt.timedelta(hours=1))
+            result = intake(db, "second", second, keys=spec, now=NOW, workers=workers)
+            assert (result.accepted, result.exceptions) == (130, 34)
+        assert _outcome(engine) == _outcome(reference)
+        _, items = _outcome(engine)
+        assert sorted({reason for _, _, reason in items}) == ["duplicate", "malformed", "unknown_card"]
+    finally:
+        reference.dispose()
+
+
+def test_only_a_shared_file_takes_the_planner_path(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert store._file_sqlite(engine) == (engine.dialect.name == "sqlite")
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true"):
+        memory = sa.create_engine(
+            url, poolclass=sa.pool.StaticPool
+        )  # make_engine refuses these; an engine made elsewhere may not
+        try:
+            assert not store._file_sqlite(memory)
+        finally:
+            memory.dispose()
