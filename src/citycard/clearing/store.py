@@ -48,7 +48,7 @@ from citycard.clearing.batch import (
 from citycard.clearing.record import CHINA_TIME, MalformedRecord, parse_record, record_key
 from citycard.clearing.tables import Batch, Card, Correction, ExceptionItem, Settlement, Tap
 from citycard.clearing.verify import Verifier, VerifierSpec
-from citycard.db import make_engine, read_transaction, utc_now, write_transaction
+from citycard.db import read_transaction, utc_now, write_transaction
 from citycard.ledger import (
     POSTINGS_PER_BATCH_MAX,
     AccountKind,
@@ -663,17 +663,17 @@ class PartitionPlanner:
     def __init__(
         self, engine: Engine, uploads: Sequence[Mapping[str, Any]], now: dt.datetime, batch_id: str
     ) -> None:
-        self.url = engine.url.render_as_string(hide_password=False)
-        self.uploads, self.now, self.batch_id = uploads, now, batch_id
-        self._engine: Engine | None = None
-        self._pid = 0
+        self.engine, self.uploads, self.now, self.batch_id = engine, uploads, now, batch_id
+        self._pid = os.getpid()
 
     def __call__(self, checked: list[Checked]) -> WritePlan:
-        if self._pid != os.getpid():  # first partition in this worker: an engine of its own
-            self._engine, self._pid = make_engine(self.url, pre_ping=False), os.getpid()
-        assert self._engine is not None
+        if self._pid != os.getpid():  # first partition in this worker: connections of its own
+            # (SQLAlchemy's recipe after a fork: a new pool, the parent's connections left alone;
+            # the engine's compiled statements are kept, so the worker compiles none again)
+            self.engine.dispose(close=False)
+            self._pid = os.getpid()
         accounts = AccountCache(one_transaction=True)
-        with read_transaction(self._engine) as conn:
+        with read_transaction(self.engine) as conn:
             known, cleared, rejected = decide_partition(conn, checked, self.uploads, self.now, accounts)
         return write_plan(
             cleared, rejected, known.cards, self.batch_id, postgresql=False, accounts=accounts.pending
