@@ -127,3 +127,30 @@ def test_only_a_shared_file_takes_the_planner_path(engine, tmp_path: Path) -> No
             assert not store._file_sqlite(memory)
         finally:
             memory.dispose()
+
+
+def test_fare_debits_and_chain_ends_sum_the_accepted_taps(spec, verifier) -> None:  # type: ignore[no-untyped-def]
+    """The plan's per-account fares and chain ends, against a plain recount of the accepted taps."""
+    from citycard.clearing.batch import CardState, Known, chain_ends, decide, ec_account, fare_debits
+
+    cards = _cards(spec, 6)
+    records = list(
+        synthetic.taps(cards, 60, start=NOW - dt.timedelta(hours=1), operators=("bus-1", "bus-2", "taxi-1"))
+    )
+    checked = checked_taps(records, keys=verifier, positions=range(len(records)))
+    # card 0 cleared up to ATC 3 before (its taps 1…3 are late or out of order), the others new
+    states = {c.tap.card: CardState("bank") for c in checked}
+    first = checked[0].tap.card
+    states[first] = CardState("bank", 3, 99_999)
+    cleared, _ = decide(checked, records, known=Known(states, set(), NOW))
+    expected: dict[str, dict[str, int]] = {}
+    ends: dict[str, tuple[int, int]] = {}
+    for tap, _ in cleared:
+        account = ec_account("bank", tap.pan, tap.psn)
+        per = expected.setdefault(tap.operator, {})
+        per[account] = per.get(account, 0) + tap.amount_fen
+        if tap.atc >= (states[tap.card].last_atc or 0) and tap.atc > ends.get(tap.card, (-1, 0))[0]:
+            ends[tap.card] = (tap.atc, tap.balance_after_fen)
+    assert fare_debits(cleared, states) == {op: sorted(per.items()) for op, per in sorted(expected.items())}
+    assert chain_ends(cleared, states) == [(atc, after, card) for card, (atc, after) in sorted(ends.items())]
+    assert first not in {card for _, _, card in chain_ends(cleared, states)} or ends[first][0] > 3

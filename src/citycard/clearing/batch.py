@@ -384,22 +384,19 @@ def fare_debits(
 ) -> dict[str, list[tuple[str, int]]]:
     """Per operator (sorted), the card EC accounts (sorted) and the fen their accepted taps owe it;
     cards whose taps were all free are left out."""
-    fen_by_card: dict[tuple[str, str], int] = {}  # (operator, card) → fen: the names per card, below
-    cardholders: dict[str, tuple[str, str]] = {}  # card → (PAN, PSN)
+    per_operator: dict[str, dict[str, int]] = {}  # operator → card EC account → fen
+    accounts: dict[str, str] = {}  # card → its EC account, named once per card
     for tap, _ in cleared:
         amount = tap.amount_fen
         if amount:
-            pair = (tap.operator, tap.card)
-            if pair in fen_by_card:
-                fen_by_card[pair] += amount
-            else:
-                fen_by_card[pair] = amount
-                cardholders[tap.card] = (tap.pan, tap.psn)
-    per_operator: dict[str, dict[str, int]] = {}
-    for (operator, card), fen in fen_by_card.items():
-        account = ec_account(cards[card].issuer, *cardholders[card])
-        debits = per_operator.setdefault(operator, {})
-        debits[account] = debits.get(account, 0) + fen
+            card = tap.card
+            account = accounts.get(card)
+            if account is None:
+                account = accounts[card] = ec_account(cards[card].issuer, tap.pan, tap.psn)
+            debits = per_operator.get(tap.operator)
+            if debits is None:
+                debits = per_operator[tap.operator] = {}
+            debits[account] = debits.get(account, 0) + amount
     return {operator: sorted(per_operator[operator].items()) for operator in sorted(per_operator)}
 
 
