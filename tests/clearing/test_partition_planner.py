@@ -56,9 +56,20 @@ def test_checked_taps_equal_the_wire_round_trip(spec, verifier) -> None:  # type
     assert all(c.tap.tap_at.tzinfo is dt.UTC for c in direct if c.tap is not None)
 
 
-def test_the_planner_plans_what_the_parent_would(engine, spec, verifier) -> None:  # type: ignore[no-untyped-def]
-    if engine.dialect.name != "sqlite":
-        pytest.skip("the planner path is SQLite's (PostgreSQL: the parent reads)")
+@pytest.fixture
+def sqlite_engine(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The planner path is SQLite's (on PostgreSQL the parent reads): a migrated file of its own."""
+    from tests import dbtools
+
+    engine = dbtools.migrated_engine(f"sqlite:///{tmp_path / 'planner.db'}")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def test_the_planner_plans_what_the_parent_would(sqlite_engine, spec, verifier) -> None:  # type: ignore[no-untyped-def]
+    engine = sqlite_engine
     cards, first, second = _batches(spec)
     _enrol(engine, cards[:14], without_account=3)  # 14, 15 not registered
     assert intake(engine, "first", first, keys=spec, now=NOW, workers=1).accepted == 130
@@ -78,9 +89,8 @@ def test_the_planner_plans_what_the_parent_would(engine, spec, verifier) -> None
         )
 
 
-def test_a_worker_that_fails_leaves_nothing(engine, spec, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    if engine.dialect.name != "sqlite":
-        pytest.skip("the planner path is SQLite's (PostgreSQL: the parent reads)")
+def test_a_worker_that_fails_leaves_nothing(sqlite_engine, spec, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    engine = sqlite_engine
     cards, first, _ = _batches(spec, 8)
     _enrol(engine, cards)
 
