@@ -164,3 +164,45 @@ def test_fare_debits_and_chain_ends_sum_the_accepted_taps(spec, verifier) -> Non
     assert fare_debits(cleared, states) == {op: sorted(per.items()) for op, per in sorted(expected.items())}
     assert chain_ends(cleared, states) == [(atc, after, card) for card, (atc, after) in sorted(ends.items())]
     assert first not in {card for _, _, card in chain_ends(cleared, states)} or ends[first][0] > 3
+
+
+def test_workers_decide_only_with_no_other_thread(sqlite_engine, spec) -> None:  # type: ignore[no-untyped-def]
+    """A thread inside SQLite when the pool forks would leave SQLite's mutexes locked in the
+    workers: they decide only when this process has no other thread (the background checkpoint of
+    the batch before is waited for), else the parent reads and decides, and the batch clears alike."""
+    import threading
+
+    from citycard.clearing.store import workers_decide
+
+    assert workers_decide(sqlite_engine, 2) and not workers_decide(sqlite_engine, 1)
+    cards, first, second = _batches(spec, 8)
+    _enrol(sqlite_engine, cards)
+    assert intake(sqlite_engine, "first", first, keys=spec, now=NOW, workers=2).accepted == 80
+    # its commit left a checkpoint running in the background: waited for, not a reason to refuse
+    assert workers_decide(sqlite_engine, 2)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, name="a server's thread")
+    other.start()
+    try:
+        assert not workers_decide(sqlite_engine, 2)
+        result = intake(sqlite_engine, "second", second[:80], keys=spec, now=NOW, workers=2)
+        assert (result.accepted, result.exceptions) == (80, 0)
+    finally:
+        stop.set()
+        other.join()
+    assert workers_decide(sqlite_engine, 2)
+
+
+def test_consecutive_batches_with_deciding_workers(sqlite_engine, spec) -> None:  # type: ignore[no-untyped-def]
+    """Batch after batch in one process (each commit starting a background checkpoint), as the
+    bench's --batch-size and a clearing server's queue do: every batch clears, none hangs."""
+    cards = _cards(spec, 12)
+    _enrol(sqlite_engine, cards)
+    uploads = list(synthetic.taps(cards, 360, start=NOW - dt.timedelta(hours=2)))
+    for number, start in enumerate(range(0, 360, 24)):
+        result = intake(
+            sqlite_engine, f"b{number}", uploads[start : start + 24], keys=spec, now=NOW, workers=2
+        )
+        assert (result.accepted, result.exceptions) == (24, 0)
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(Tap)).scalar_one() == 360

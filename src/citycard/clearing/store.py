@@ -18,6 +18,7 @@ import datetime as dt
 import functools
 import json
 import os
+import threading
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -48,7 +49,7 @@ from citycard.clearing.batch import (
 from citycard.clearing.record import CHINA_TIME, MalformedRecord, parse_record, record_key
 from citycard.clearing.tables import Batch, Card, Correction, ExceptionItem, Settlement, Tap
 from citycard.clearing.verify import Verifier, VerifierSpec
-from citycard.db import read_transaction, utc_now, write_transaction
+from citycard.db import join_checkpoints, read_transaction, utc_now, write_transaction
 from citycard.ledger import (
     POSTINGS_PER_BATCH_MAX,
     AccountKind,
@@ -637,6 +638,19 @@ def decide_partition(
     return known, cleared, rejected
 
 
+def workers_decide(engine: Engine, workers: int) -> bool:
+    """Whether an intake's workers read their partitions' state and decide (:class:`PartitionPlanner`):
+    more than one worker, a SQLite file another process can open (:func:`_file_sqlite`), and no
+    other thread in this process when the pool forks. A thread inside SQLite at the fork leaves
+    SQLite's own mutexes (its allocator's, its file table's) locked in the child, which then hangs
+    at its first connection (seen: the background checkpoint of the batch before). So this process's
+    background checkpoints are waited for (:func:`~citycard.db.join_checkpoints`), and while any
+    other thread lives (a server's) the parent reads and decides, its workers never opening SQLite."""
+    if workers < 2 or not _file_sqlite(engine):
+        return False
+    return join_checkpoints() and threading.active_count() == 1
+
+
 def _file_sqlite(engine: Engine) -> bool:
     """Whether ``engine`` is SQLite on a file another process can open (not an in-memory one)."""
     if engine.dialect.name != "sqlite":
@@ -720,7 +734,7 @@ def intake(
         digests: list[str] = []  # a new batch: its digest comes from a worker, after the partitions
         accounts = AccountCache(one_transaction=True)  # the EC rows load_known_for reads, for post_many
         with parallel.batch_collector():
-            if workers > 1 and _file_sqlite(engine):
+            if workers_decide(engine, workers):
                 # the workers read each partition's state themselves and decide (PartitionPlanner)
                 planner = PartitionPlanner(engine, uploads, now, batch_id)
                 for plan in parallel.checked_parts(

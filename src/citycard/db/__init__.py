@@ -11,6 +11,7 @@ from citycard.db.base import NAMING_CONVENTION, Base, BigIntPK, UTCDateTime, utc
 from citycard.db.engine import (
     DATABASE_URL_ENV,
     database_url,
+    join_checkpoints,
     make_engine,
     normalize_url,
     read_transaction,
@@ -30,6 +31,7 @@ __all__ = [
     "database_url",
     "head_revision",
     "import_models",
+    "join_checkpoints",
     "make_engine",
     "normalize_url",
     "read_transaction",

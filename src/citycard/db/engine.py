@@ -203,8 +203,26 @@ def checkpoint_in_background(engine: Engine) -> threading.Thread:
     caller may join it); an error there is logged, never raised — the next commits of the file's
     other connections checkpoint anyway."""
     thread = threading.Thread(target=_checkpoint, args=(engine,), name="citycard-wal-checkpoint", daemon=True)
+    with _checkpoints_lock:
+        _checkpoints[:] = [t for t in _checkpoints if t.is_alive()]
+        _checkpoints.append(thread)
     thread.start()
     return thread
+
+
+_checkpoints: list[threading.Thread] = []  # background checkpoints started (the live ones matter)
+_checkpoints_lock = threading.Lock()
+
+
+def join_checkpoints(timeout_s: float = 60.0) -> bool:
+    """Wait for this process's background checkpoints (:func:`checkpoint_in_background`) to end;
+    ``True`` when none is left running. Before a fork whose children open SQLite: a thread inside
+    SQLite when the process forks leaves SQLite's own mutexes locked in the child forever."""
+    with _checkpoints_lock:
+        running = [t for t in _checkpoints if t.is_alive()]
+    for thread in running:
+        thread.join(timeout_s)
+    return not any(t.is_alive() for t in running)
 
 
 def _checkpoint(engine: Engine) -> None:
