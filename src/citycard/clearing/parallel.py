@@ -5,8 +5,10 @@ Records are partitioned by card (CRC32 of PAN:PSN), so all of a card's taps come
 the parent can decide (duplicates, chain, refunds: :func:`~citycard.clearing.batch.decide`) and
 write each partition as soon as it arrives, while the workers go on. Each worker opens the HSM once
 (:class:`~citycard.clearing.verify.VerifierSpec`) and keeps it for all its partitions, so the
-unwrapped IMKs are cached per worker. The workers never touch the database; only plain rows
-(:func:`~citycard.clearing.batch.checked_wire`) travel back (pickling is the cost that counts).
+unwrapped IMKs are cached per worker. Plain rows (:func:`~citycard.clearing.batch.checked_wire`)
+travel back (pickling is the cost that counts); or, with ``then`` (the intake's
+:class:`~citycard.clearing.store.PartitionPlanner` on a SQLite file), what the worker makes of its
+partition — then it reads the database too, on a read-only connection of its own, never writes.
 """
 
 from __future__ import annotations
