@@ -20,7 +20,7 @@ import json
 import os
 import threading
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any, NamedTuple
@@ -638,6 +638,29 @@ def decide_partition(
     return known, cleared, rejected
 
 
+def _parent_plans(
+    conn: Connection,
+    uploads: Sequence[Mapping[str, Any]],
+    keys: Verifier | VerifierSpec,
+    workers: int,
+    now: dt.datetime,
+    batch_id: str,
+    accounts: AccountCache,
+    on_digest: Callable[[str], None],
+) -> Iterator[WritePlan]:
+    """The parent's path: each partition's state read here (ahead, while the workers run) and
+    decided, as a :class:`WritePlan` — what :class:`PartitionPlanner` makes in a worker."""
+    from citycard.clearing import parallel
+
+    ahead = ReadAhead(conn, uploads, accounts)
+    postgresql = bulk.is_postgresql(conn)
+    for checked in parallel.checked_parts(
+        uploads, keys=keys, workers=workers, on_digest=on_digest, on_wait=ahead
+    ):
+        known, cleared, rejected = decide_partition(conn, checked, uploads, now, accounts, ahead.read)
+        yield write_plan(cleared, rejected, known.cards, batch_id, postgresql=postgresql)
+
+
 def workers_decide(engine: Engine, workers: int) -> bool:
     """Whether an intake's workers read their partitions' state and decide (:class:`PartitionPlanner`):
     more than one worker, a SQLite file another process can open (:func:`_file_sqlite`), and no
@@ -737,27 +760,18 @@ def intake(
             if workers_decide(engine, workers):
                 # the workers read each partition's state themselves and decide (PartitionPlanner)
                 planner = PartitionPlanner(engine, uploads, now, batch_id)
-                for plan in parallel.checked_parts(
+                plans = parallel.checked_parts(
                     uploads, keys=keys, workers=workers, on_digest=digests.append, then=planner
-                ):
-                    fare_seq += _write_plan(conn, batch_id, plan, operators, fare_seq, accounts)
-                    accepted += plan.accepted
-                    held.extend(
-                        ClearingException(key, reason, detail, uploads[position], position)
-                        for position, key, reason, detail in plan.exceptions
-                    )
+                )
             else:
-                ahead = ReadAhead(conn, uploads, accounts)
-                for checked in parallel.checked_parts(
-                    uploads, keys=keys, workers=workers, on_digest=digests.append, on_wait=ahead
-                ):
-                    known, cleared, rejected = decide_partition(
-                        conn, checked, uploads, now, accounts, ahead.read
-                    )
-                    fare_seq += _write_result(
-                        conn, batch_id, cleared, (), known, operators, fare_seq, accounts
-                    )
-                    accepted, held = accepted + len(cleared), held + rejected
+                plans = _parent_plans(conn, uploads, keys, workers, now, batch_id, accounts, digests.append)
+            for plan in plans:
+                fare_seq += _write_plan(conn, batch_id, plan, operators, fare_seq, accounts)
+                accepted += plan.accepted
+                held.extend(
+                    ClearingException(key, reason, detail, uploads[position], position)
+                    for position, key, reason, detail in plan.exceptions
+                )
         (digest,) = digests
         exceptions = len(held)
         held.sort(key=lambda item: item.position)  # the queue in upload order
